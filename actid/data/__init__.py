@@ -1,0 +1,1 @@
+"""Data sets: modular arithmetic (generated) and images (CIFAR, offline digits)."""

@@ -1,0 +1,1 @@
+"""Models whose ID layers are addressable by dotted module names."""

@@ -1,0 +1,22 @@
+"""Shared fixtures: data of known intrinsic dimension."""
+
+import numpy as np
+import pytest
+import torch
+
+
+def linear_subspace(n: int, d: int, D: int, noise: float = 0.01, offset: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """n points of a random d-dimensional linear subspace of R^D with small isotropic noise."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g) @ torch.randn(d, D, generator=g) + noise * torch.randn(n, D, generator=g)
+    return X + offset
+
+
+@pytest.fixture
+def subspace10():
+    return linear_subspace(3000, 10, 256)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
