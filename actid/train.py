@@ -7,7 +7,8 @@ layers); a :class:`TrainConfig` says *how* (optimizer, schedule, steps, evaluati
     run_dir/config.json    resolved configuration (written by the caller)
     run_dir/metrics.csv    one row per evaluation point: step, losses, accuracies, IDs, LLID, PID
     run_dir/checkpoint.pt  latest state while the run is unfinished (deleted when it completes)
-    run_dir/done.json      written last: the final row
+    run_dir/done.json      written last: the final row and the wall time (kept out of metrics.csv,
+                           which is identical for identical seeds on CPU)
 
 Speed: the data are tensors on the device and batches are gathered by index, so a step is a
 few kernel launches with no DataLoader. Resume: a checkpoint is written after every
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,7 @@ class TrainConfig:
     id_resamples, id_subsample: the TwoNN protocol (paper: 20 subsets of 90%).
     id_max_points: cap on the probe set for the ID (a fixed seeded subset, the same at every step);
         0 keeps the whole split.
+    amp: bfloat16 autocast for the training forward pass (weights, optimizer and evaluation stay fp32).
     """
 
     steps: int = 1000
@@ -90,6 +93,7 @@ class TrainConfig:
     id_max_points: int = 0
     seed: int = 0
     device: str = "auto"
+    amp: bool = False
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "adamw", "sgd"):
@@ -221,7 +225,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, progress: bool =
         probe_index = torch.randperm(len(probe_split), generator=probe_gen)[:cfg.id_max_points].sort().values
         probe_index = probe_index.to(probe_split.device)
 
-    step, rows = 0, []
+    step, rows, elapsed = 0, [], 0.0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -231,10 +235,11 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, progress: bool =
         torch.set_rng_state(state["cpu_rng"])
         if device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"])
-        step = state["step"]
+        step, elapsed = state["step"], state["elapsed"]
         rows = pd.read_csv(metrics_path).query("step <= @step").to_dict("records")
 
     eval_steps = [s for s in evaluation_steps(cfg) if s > step or (s == 0 and not rows)]
+    started = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=run_dir.name, disable=not progress, leave=False)
     for target in eval_steps:
         while step < target:
@@ -244,24 +249,28 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, progress: bool =
             x, y = task.train_x[idx], task.train_y[idx]
             if task.augment is not None:
                 x = task.augment(x, aug_gen)
-            loss = F.cross_entropy(model(x), y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                loss = F.cross_entropy(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             bar.update(1)
-        row = {"step": step, "lr": cfg.lr * lr_factor(max(step - 1, 0), cfg), **evaluate(task, cfg, probe_index)}
+        row = {"step": step, "learning_rate": cfg.lr * lr_factor(max(step - 1, 0), cfg),
+               **evaluate(task, cfg, probe_index)}
         rows.append(row)
         pd.DataFrame(rows).to_csv(metrics_path, index=False)
         bar.set_postfix({k: round(v, 3) for k, v in row.items() if k in ("train_acc", "val_acc", "llid")})
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
                       "aug_generator": aug_gen.get_state(), "cpu_rng": torch.get_rng_state(),
-                      "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None, "step": step},
+                      "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None, "step": step,
+                      "elapsed": elapsed + time.perf_counter() - started},
                      ckpt_path)
         if stop_after is not None and step >= stop_after and step < cfg.steps:
             bar.close()
             return pd.DataFrame(rows)
     bar.close()
-    (run_dir / "done.json").write_text(json.dumps(rows[-1], indent=1))
+    seconds = elapsed + time.perf_counter() - started
+    (run_dir / "done.json").write_text(json.dumps({"final": rows[-1], "train_seconds": round(seconds, 2)}, indent=1))
     ckpt_path.unlink(missing_ok=True)
     return pd.DataFrame(rows)

@@ -1,0 +1,23 @@
+"""Flat run configs: split one dict into the dataclasses that consume it, and reject unknown keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+def pick(cls, config: dict[str, Any]):
+    """Instantiate dataclass ``cls`` from the keys of ``config`` that it declares."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in config.items() if k in names})
+
+
+def check_keys(config: dict[str, Any], *known: type | set[str]) -> None:
+    """Raise if ``config`` has a key that no dataclass or key set in ``known`` declares (a typo
+    would otherwise be silently ignored and the run would use the default)."""
+    allowed: set[str] = set()
+    for k in known:
+        allowed |= k if isinstance(k, set) else {f.name for f in dataclasses.fields(k)}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise KeyError(f"unknown config key(s) {unknown}; known keys: {sorted(allowed)}")

@@ -1,0 +1,46 @@
+"""Grokking modular division (Brown et al. 2022, Fig. D): data, model and training set-up from a flat config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from actid.config import check_keys, pick
+from actid.data.modular import modular_equations, train_val_split, vocab_size
+from actid.models.transformer import Transformer
+from actid.train import Task, TrainConfig, resolve_device
+
+
+@dataclass
+class GrokkingData:
+    p: int = 97
+    operation: str = "div"
+    train_fraction: float = 0.2
+    split_seed: int = 9
+
+
+@dataclass
+class GrokkingModel:
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_hidden: int = 512
+    dropout: float = 0.1
+
+
+def build(config: dict) -> tuple[Task, TrainConfig]:
+    """Task and TrainConfig for one grokking run; ``config`` mixes data, model and training keys."""
+    check_keys(config, GrokkingData, GrokkingModel, TrainConfig)
+    data, arch, train_cfg = pick(GrokkingData, config), pick(GrokkingModel, config), pick(TrainConfig, config)
+    device = resolve_device(train_cfg.device)
+    tokens, labels = modular_equations(data.p, data.operation)
+    train_idx, val_idx = train_val_split(len(labels), data.train_fraction, data.split_seed)
+    tokens, labels = tokens.to(device), labels.to(device)
+    torch.manual_seed(train_cfg.seed)  # model initialisation
+    model = Transformer(vocab_size(data.p), data.p, width=arch.width, depth=arch.depth, heads=arch.heads,
+                        mlp_hidden=arch.mlp_hidden, dropout=arch.dropout, max_len=tokens.shape[1]).to(device)
+    task = Task(model=model, train_x=tokens[train_idx], train_y=labels[train_idx],
+                eval_sets={"train": (tokens[train_idx], labels[train_idx]), "val": (tokens[val_idx], labels[val_idx])},
+                id_layers=model.id_layers, llid_layer=model.llid_layer, id_split="val")
+    return task, train_cfg

@@ -1,0 +1,68 @@
+"""Run an experiment's parameter grid for one profile: ``python -m actid.sweep grokking``.
+
+Reads ``params.yaml`` (section ``<experiment>.<profile>`` with keys ``fixed`` and ``grid``), writes
+one run directory per grid point under ``runs/<experiment>``, skips finished runs, resumes
+interrupted ones, and removes run directories that are no longer in the grid.
+``--shard i/n`` runs every n-th grid point (e.g. one process per GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from actid.runs import expand_grid, run_name, write_config
+from actid.train import train
+
+EXPERIMENTS = {"grokking": "actid.experiments.grokking", "regularization": "actid.experiments.regularization"}
+
+
+def sweep_points(params: dict, experiment: str, profile: str) -> tuple[dict, list[dict]]:
+    try:
+        section = params[experiment][profile]
+    except KeyError:
+        raise KeyError(f"params has no section {experiment}.{profile}; profiles: {list(params.get(experiment, {}))}")
+    return section.get("fixed", {}), expand_grid(section.get("grid", {}))
+
+
+def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tuple[int, int] = (0, 1),
+              overrides: dict | None = None) -> None:
+    build = importlib.import_module(EXPERIMENTS[experiment]).build
+    fixed, points = sweep_points(params, experiment, profile)
+    names = [run_name(p) for p in points]
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(set(p.name for p in out.iterdir() if p.is_dir()) - set(names)):
+        print(f"removing {stale}: not in the {profile} grid")
+        shutil.rmtree(out / stale)
+    mine = [(n, p) for i, (n, p) in enumerate(zip(names, points)) if i % shard[1] == shard[0]]
+    for name, point in tqdm(mine, desc=f"{experiment}/{profile}", unit="run"):
+        config = {**fixed, **point, **(overrides or {})}
+        write_config(out / name, config, {"experiment": experiment, "profile": profile})
+        task, train_cfg = build(config)
+        train(task, train_cfg, out / name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--profile", help="default: the params file's top-level `profile`")
+    parser.add_argument("--out", type=Path, help="default: runs/<experiment>")
+    parser.add_argument("--shard", default="0/1", help="i/n: run grid points i, i+n, i+2n, ...")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override a run config key for every run, e.g. --set device=cuda")
+    args = parser.parse_args(argv)
+    params = yaml.safe_load(args.params.read_text())
+    profile = args.profile or params["profile"]
+    i, n = (int(v) for v in args.shard.split("/"))
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    run_sweep(args.experiment, params, args.out or Path("runs") / args.experiment, profile, (i, n), overrides)
+
+
+if __name__ == "__main__":
+    main()
