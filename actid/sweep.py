@@ -3,14 +3,19 @@
 Reads ``params.yaml`` (section ``<experiment>.<profile>`` with keys ``fixed`` and ``grid``), writes
 one run directory per grid point under ``runs/<experiment>``, skips finished runs, resumes
 interrupted ones, and removes run directories that are no longer in the grid.
-``--shard i/n`` runs every n-th grid point (e.g. one process per GPU).
+``--shard i/n`` runs every n-th grid point; ``--jobs n`` starts n such shard processes at once
+(each with cores/n threads: on 2 CPU cores two single-threaded runs beat one two-threaded run
+for these small models; on one GPU several processes overlap their kernel launches).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -47,6 +52,18 @@ def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tup
         train(task, train_cfg, out / name)
 
 
+def run_jobs(jobs: int, argv: list[str]) -> None:
+    """Start ``jobs`` shard processes of this command and fail if any fails."""
+    argv = [a for i, a in enumerate(argv) if not a.startswith("--jobs") and not (i and argv[i - 1] == "--jobs")]
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    procs = [subprocess.Popen([sys.executable, "-m", "actid.sweep", *argv, "--shard", f"{i}/{jobs}"], env=env)
+             for i in range(jobs)]
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"shard(s) {failed} of {jobs} failed; rerun the same command to resume")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
@@ -54,11 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", help="default: the params file's top-level `profile`")
     parser.add_argument("--out", type=Path, help="default: runs/<experiment>")
     parser.add_argument("--shard", default="0/1", help="i/n: run grid points i, i+n, i+2n, ...")
+    parser.add_argument("--jobs", type=int, default=1, help="run this many shards in parallel processes")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a run config key for every run, e.g. --set device=cuda")
     args = parser.parse_args(argv)
     params = yaml.safe_load(args.params.read_text())
     profile = args.profile or params["profile"]
+    if args.jobs > 1:
+        return run_jobs(args.jobs, [a for a in (argv if argv is not None else sys.argv[1:])])
     i, n = (int(v) for v in args.shard.split("/"))
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     run_sweep(args.experiment, params, args.out or Path("runs") / args.experiment, profile, (i, n), overrides)

@@ -139,16 +139,22 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 class EpochSampler:
     """Shuffled epochs of indices, split into batches (the last one may be smaller, like a
-    DataLoader with shuffle=True, drop_last=False). Its state is saved with the checkpoint."""
+    DataLoader with shuffle=True, drop_last=False). Its state is saved with the checkpoint.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size = n, batch_size
+    The permutation is drawn on the CPU (the same on every device) and moved to the data's
+    device once per epoch, so taking a batch never waits for the GPU."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device):
+        self.n, self.batch_size, self.device = n, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)
-        self.order, self.position = torch.randperm(n, generator=self.generator), 0
+        self.order, self.position = self._permutation(), 0
+
+    def _permutation(self) -> torch.Tensor:
+        return torch.randperm(self.n, generator=self.generator).to(self.device)
 
     def next(self) -> torch.Tensor:
         if self.position >= self.n:
-            self.order, self.position = torch.randperm(self.n, generator=self.generator), 0
+            self.order, self.position = self._permutation(), 0
         batch = self.order[self.position:self.position + self.batch_size]
         self.position += len(batch)
         return batch
@@ -158,7 +164,7 @@ class EpochSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.order, self.position = state["order"], state["position"]
+        self.order, self.position = state["order"].to(self.device), state["position"]
 
 
 @torch.no_grad()
@@ -216,7 +222,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, progress: bool =
     torch.manual_seed(cfg.seed)
     model = task.model.to(device).train()
     optimizer = make_optimizer(model, cfg)
-    sampler = EpochSampler(len(task.train_x), cfg.batch_size, cfg.seed)
+    sampler = EpochSampler(len(task.train_x), cfg.batch_size, cfg.seed, task.train_x.device)
     aug_gen = torch.Generator(device=task.train_x.device).manual_seed(cfg.seed + 1)
     probe_split = task.eval_sets.get(task.id_split, (torch.empty(0),))[0]
     probe_index = None
@@ -227,7 +233,8 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, progress: bool =
 
     step, rows, elapsed = 0, [], 0.0
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # on the CPU: generator states must stay CPU tensors; load_state_dict moves the rest
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
@@ -245,7 +252,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, progress: bool =
         while step < target:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, cfg)
-            idx = sampler.next().to(task.train_x.device)
+            idx = sampler.next()
             x, y = task.train_x[idx], task.train_y[idx]
             if task.augment is not None:
                 x = task.augment(x, aug_gen)

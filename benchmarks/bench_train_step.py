@@ -53,18 +53,22 @@ def naive_ms(config: dict, steps: int) -> float:
 
 
 def actid_ms(config: dict, steps: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = {**config, "id_resamples": 0, "eval_every": 10**9}
-        task, train_cfg = build({**cfg, "steps": 10})
-        task.id_layers = []
-        train(task, train_cfg, f"{tmp}/warm", progress=False)
-        task, train_cfg = build({**cfg, "steps": steps})
+    """(time of a run of 10 + steps steps - time of a run of 10 steps) / steps: start-up and the
+    evaluations at the first and last step cancel out."""
+    def run_seconds(n: int, directory: str) -> float:
+        task, train_cfg = build({**config, "steps": n, "eval_every": 10**9, "id_resamples": 0})
         task.id_layers = []
         sync(task.train_x.device)
         start = time.perf_counter()
-        train(task, train_cfg, f"{tmp}/run", progress=False)
+        train(task, train_cfg, directory, progress=False)
         sync(task.train_x.device)
-        return (time.perf_counter() - start) / steps * 1000
+        return time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_seconds(10, f"{tmp}/warm-up")
+        short = run_seconds(10, f"{tmp}/short")
+        long = run_seconds(10 + steps, f"{tmp}/long")
+    return (long - short) / steps * 1000
 
 
 def main() -> None:

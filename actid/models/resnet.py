@@ -53,7 +53,8 @@ class ResNet18(nn.Module):
     def __init__(self, n_classes: int, *, width: int = 64, in_channels: int = 3, dropout: float = 0.0):
         super().__init__()
         w = width
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                                   nn.ReLU(inplace=True))
         self.conv2_x = _stage(w, w, 1)
         self.conv3_x = _stage(w, 2 * w, 2)
         self.conv4_x = _stage(2 * w, 4 * w, 2)

@@ -1,0 +1,98 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Grokking and the last-layer ID (Brown et al. 2022, Fig. D)
+#
+# A 2-layer transformer learns modular division. It memorizes the training equations first and
+# generalizes ("groks") much later; the paper reports that the validation-set **LLID** (TwoNN ID of
+# the last block's MLP output on the validation equations) drops at the same time.
+#
+# Input: the raw runs written by `python -m actid.sweep grokking` (stage `grokking` of `dvc.yaml`).
+# Output: `grokking.png` (one panel per run: validation LLID and validation accuracy against steps),
+# `summary.csv` (per-run statistics) and `metrics.json` (the summary DVC tracks).
+#
+# "p" in the paper's panel titles is the **train fraction** (an inference; see the reproduction notes).
+
+# %% tags=["parameters"]
+runs_dir = "runs/grokking"  # relative to the repository root, or absolute
+out_dir = "figures/grokking"
+grok_threshold = 0.5  # validation accuracy that counts as generalized
+id_column = "llid"  # or "pid", or "id/blocks.0.mlp", ...
+
+# %%
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from actid.analysis import grokking_summary
+from actid.paths import resolve
+from actid.runs import load_runs
+
+runs = load_runs(resolve(runs_dir))
+out = resolve(out_dir)
+out.mkdir(parents=True, exist_ok=True)
+print(f"{runs['run'].nunique()} runs, {len(runs)} evaluation rows from {resolve(runs_dir)}")
+
+# %%
+summary = pd.DataFrame({name: grokking_summary(run, grok_threshold, id_column=id_column)
+                        for name, run in runs.groupby("run")}).T
+config = runs.groupby("run")[["train_fraction", "weight_decay", "optimizer"]].first()
+summary = config.join(summary).sort_values(["train_fraction", "weight_decay"])
+summary.to_csv(out / "summary.csv")
+summary
+
+# %%
+fractions = sorted(runs["train_fraction"].unique())
+decays = sorted(runs["weight_decay"].unique())
+fig, axes = plt.subplots(len(fractions), len(decays), figsize=(3.2 * len(decays), 2.6 * len(fractions)),
+                         squeeze=False, sharex=True)
+for (frac, wd), run in runs.groupby(["train_fraction", "weight_decay"]):
+    ax = axes[fractions.index(frac)][decays.index(wd)]
+    run = run.sort_values("step")
+    stats = summary.loc[run["run"].iloc[0]]
+    ax.plot(run["step"], run[id_column], color="tab:green", lw=1.5)
+    ax.set_ylabel(f"validation {id_column.upper() if id_column in ('llid', 'pid') else id_column}", color="tab:green")
+    acc = ax.twinx()
+    acc.plot(run["step"], run["val_acc"], color="tab:blue" if stats["grokked"] else "tab:red", lw=1.5)
+    acc.plot(run["step"], run["train_acc"], color="gray", lw=0.8, ls="--")
+    acc.set_ylim(-0.02, 1.02)
+    acc.set_ylabel("accuracy (val solid, train dashed)", fontsize=7)
+    if stats["grokked"]:
+        ax.axvline(stats["grok_step"], color="tab:blue", ls=":", lw=1)
+    ax.axvline(stats["llid_drop_step"], color="tab:green", ls=":", lw=1)
+    ax.set_title(f"p: {frac}, WD: {wd:g}", fontsize=9)
+for ax in axes[-1]:
+    ax.set_xlabel("training step")
+fig.suptitle(f"Validation {id_column} (green) and validation accuracy (blue: groks; red: never reaches "
+             f"{grok_threshold:.0%})\ndotted: steepest {id_column} drop (green), val acc crossing (blue)", fontsize=9)
+fig.tight_layout()
+fig.savefig(out / "grokking.png", dpi=120)
+
+# %%
+grokked = summary[summary["grokked"]]
+metrics = {
+    "n_runs": int(len(summary)),
+    "n_grokked": int(len(grokked)),
+    "median_lag_steps": float(np.median(grokked["lag_steps"])) if len(grokked) else None,
+    "median_abs_lag_steps": float(np.median(np.abs(grokked["lag_steps"]))) if len(grokked) else None,
+    "runs": {name: {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                    for k, v in row.items() if k in ("grok_step", "llid_drop_step", "lag_steps", "final_val_acc")}
+             for name, row in summary.iterrows()},
+}
+(out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+print(json.dumps({k: v for k, v in metrics.items() if k != "runs"}, indent=1))
