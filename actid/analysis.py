@@ -27,15 +27,21 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
 
     memorization_step: first step with train accuracy >= ``memorized``.
     grok_step: first step with validation accuracy >= ``grok_threshold`` (NaN if never).
-    llid_drop_step: end of the steepest decrease of the validation ``id_column`` per step.
+    llid_drop_step: end of the steepest decrease of the validation ``id_column`` per step, searched
+        from the memorization step on (every run starts with an early ID spike and dip that is
+        not the grokking drop; a run that never memorizes is searched from its second point).
     lag_steps: llid_drop_step - grok_step (negative: the ID drops first).
     """
     run = run.sort_values("step")
     steps = run["step"].to_numpy(float)
     grok = first_crossing(steps, run["val_acc"].to_numpy(), grok_threshold)
-    drop_step, drop_rate = steepest_drop(steps, run[id_column].to_numpy())
+    memorization = first_crossing(steps, run["train_acc"].to_numpy(), memorized)
+    after = steps >= (memorization if np.isfinite(memorization) else steps[1])
+    if after.sum() < 2:
+        after[-2:] = True
+    drop_step, drop_rate = steepest_drop(steps[after], run[id_column].to_numpy()[after])
     return {
-        "memorization_step": first_crossing(steps, run["train_acc"].to_numpy(), memorized),
+        "memorization_step": memorization,
         "grok_step": grok,
         "grokked": bool(np.isfinite(grok)),
         "final_val_acc": float(run["val_acc"].iloc[-1]),

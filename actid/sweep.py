@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from actid.runs import expand_grid, run_name, write_config
 from actid.train import train
 
-EXPERIMENTS = {"grokking": "actid.experiments.grokking", "regularization": "actid.experiments.regularization"}
+EXPERIMENTS = {"grokking": "actid.experiments.grokking"}
 
 
 def sweep_points(params: dict, experiment: str, profile: str) -> tuple[dict, list[dict]]:
@@ -37,7 +37,7 @@ def sweep_points(params: dict, experiment: str, profile: str) -> tuple[dict, lis
 
 def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tuple[int, int] = (0, 1),
               overrides: dict | None = None) -> None:
-    build = importlib.import_module(EXPERIMENTS[experiment]).build
+    module = importlib.import_module(EXPERIMENTS[experiment])
     fixed, points = sweep_points(params, experiment, profile)
     names = [run_name(p) for p in points]
     out.mkdir(parents=True, exist_ok=True)
@@ -46,9 +46,9 @@ def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tup
         shutil.rmtree(out / stale)
     mine = [(n, p) for i, (n, p) in enumerate(zip(names, points)) if i % shard[1] == shard[0]]
     for name, point in tqdm(mine, desc=f"{experiment}/{profile}", unit="run"):
-        config = {**fixed, **point, **(overrides or {})}
+        config = module.resolve({**fixed, **point, **(overrides or {})})
         write_config(out / name, config, {"experiment": experiment, "profile": profile})
-        task, train_cfg = build(config)
+        task, train_cfg = module.build(config)
         train(task, train_cfg, out / name)
 
 

@@ -59,27 +59,29 @@ summary
 # %%
 fractions = sorted(runs["train_fraction"].unique())
 decays = sorted(runs["weight_decay"].unique())
-fig, axes = plt.subplots(len(fractions), len(decays), figsize=(3.2 * len(decays), 2.6 * len(fractions)),
+fig, axes = plt.subplots(len(fractions), len(decays), figsize=(3.4 * len(decays), 2.7 * len(fractions)),
                          squeeze=False, sharex=True)
-for (frac, wd), run in runs.groupby(["train_fraction", "weight_decay"]):
+twins = {}
+for name, run in runs.groupby("run"):  # one line per run; runs differing only by seed share a panel
+    frac, wd = run["train_fraction"].iloc[0], run["weight_decay"].iloc[0]
     ax = axes[fractions.index(frac)][decays.index(wd)]
+    acc = twins.setdefault(id(ax), ax.twinx())
     run = run.sort_values("step")
-    stats = summary.loc[run["run"].iloc[0]]
-    ax.plot(run["step"], run[id_column], color="tab:green", lw=1.5)
-    ax.set_ylabel(f"validation {id_column.upper() if id_column in ('llid', 'pid') else id_column}", color="tab:green")
-    acc = ax.twinx()
-    acc.plot(run["step"], run["val_acc"], color="tab:blue" if stats["grokked"] else "tab:red", lw=1.5)
-    acc.plot(run["step"], run["train_acc"], color="gray", lw=0.8, ls="--")
-    acc.set_ylim(-0.02, 1.02)
-    acc.set_ylabel("accuracy (val solid, train dashed)", fontsize=7)
+    stats = summary.loc[name]
+    ax.plot(run["step"], run[id_column], color="tab:green", lw=1.3)
+    acc.plot(run["step"], run["val_acc"], color="tab:blue" if stats["grokked"] else "tab:red", lw=1.3)
+    acc.plot(run["step"], run["train_acc"], color="gray", lw=0.7, ls="--")
     if stats["grokked"]:
         ax.axvline(stats["grok_step"], color="tab:blue", ls=":", lw=1)
     ax.axvline(stats["llid_drop_step"], color="tab:green", ls=":", lw=1)
     ax.set_title(f"p: {frac}, WD: {wd:g}", fontsize=9)
+    ax.set_ylabel(f"validation {id_column}", color="tab:green", fontsize=8)
+    acc.set_ylim(-0.02, 1.02)
+    acc.set_ylabel("accuracy", fontsize=8)
 for ax in axes[-1]:
     ax.set_xlabel("training step")
 fig.suptitle(f"Validation {id_column} (green) and validation accuracy (blue: groks; red: never reaches "
-             f"{grok_threshold:.0%})\ndotted: steepest {id_column} drop (green), val acc crossing (blue)", fontsize=9)
+             f"{grok_threshold:.0%})\ndotted: steepest {id_column} drop after memorization (green), val acc crossing {grok_threshold:.0%} (blue); train acc dashed", fontsize=9)
 fig.tight_layout()
 fig.savefig(out / "grokking.png", dpi=120)
 

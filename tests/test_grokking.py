@@ -13,7 +13,8 @@ from actid.experiments.grokking import build
 from actid.models.transformer import Transformer
 from actid.runs import load_runs
 from actid.sweep import run_sweep
-from actid.train import evaluation_steps, lr_factor, TrainConfig, train
+from actid.paths import ROOT
+from actid.train import TrainConfig, evaluation_steps, lr_factor, train
 
 TINY = {"p": 13, "train_fraction": 0.5, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32,
         "steps": 12, "eval_every": 4, "id_resamples": 3, "device": "cpu"}
@@ -132,9 +133,30 @@ def test_grokking_summary_finds_the_crossing_and_the_drop():
     steps = np.arange(0, 1100, 100)
     run = pd.DataFrame({"step": steps, "train_acc": np.minimum(1, steps / 200),
                         "val_acc": np.where(steps >= 600, 0.95, 0.02),
-                        "llid": np.where(steps >= 700, 5.0, 20.0)})
+                        "llid": np.where(steps >= 700, 5.0, np.where(steps == 0, 40.0, 20.0))})  # early dip ignored
     s = grokking_summary(run)
     assert s["memorization_step"] == 200 and s["grok_step"] == 600 and s["grokked"]
     assert s["llid_drop_step"] == 700 and s["lag_steps"] == 100
     never = grokking_summary(run.assign(val_acc=0.01))
     assert not never["grokked"] and np.isnan(never["lag_steps"])
+
+
+def test_figure_notebook_runs_under_papermill_on_tiny_runs(tmp_path):
+    import subprocess
+    import sys
+
+    import nbformat
+    import papermill
+
+    params = {"grokking": {"tiny": {"fixed": TINY, "grid": {"weight_decay": [0.0, 0.1]}}}}
+    run_sweep("grokking", params, tmp_path / "runs", "tiny")
+    source = tmp_path / "grokking.ipynb"
+    subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "-o", str(source), "notebooks/grokking.py"],
+                   check=True, capture_output=True, cwd=ROOT)
+    assert nbformat.read(source, as_version=4).metadata.kernelspec.name == "python3"
+    papermill.execute_notebook(str(source), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                               parameters={"runs_dir": str(tmp_path / "runs"), "out_dir": str(tmp_path / "fig")})
+    assert (tmp_path / "fig" / "grokking.png").stat().st_size > 10_000
+    metrics = json.loads((tmp_path / "fig" / "metrics.json").read_text())
+    assert metrics["n_runs"] == 2 and set(metrics["runs"]) == {"weight_decay=0.0", "weight_decay=0.1"}
+    assert len(pd.read_csv(tmp_path / "fig" / "summary.csv")) == 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -27,6 +27,15 @@ class GrokkingModel:
     heads: int = 4
     mlp_hidden: int = 512
     dropout: float = 0.1
+
+
+def resolve(config: dict) -> dict:
+    """Every key a run uses: the defaults of data, model and training, overridden by ``config``."""
+    check_keys(config, GrokkingData, GrokkingModel, TrainConfig)
+    resolved = {}
+    for cls in (GrokkingData, GrokkingModel, TrainConfig):
+        resolved.update(asdict(pick(cls, config)))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
 
 
 def build(config: dict) -> tuple[Task, TrainConfig]:
