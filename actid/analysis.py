@@ -51,3 +51,45 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
         "llid_start": float(run[id_column].iloc[0]),
         "llid_final": float(run[id_column].iloc[-1]),
     }
+
+
+# --- Regularization sweeps (Figs. A-C) ---------------------------------------------------------
+
+def regularizer(weight_decay: float, dropout: float) -> str:
+    """The sweep a run belongs to: 'weight_decay' (WD > 0, no dropout), 'dropout' (WD 0; p = 0 is
+    the dropout sweep's unregularized end) or 'both' (neither sweep; left out of the figures)."""
+    if weight_decay > 0:
+        return "weight_decay" if dropout == 0 else "both"
+    return "dropout"
+
+
+def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its last evaluation, with ``regularizer`` and ``strength`` (WD or p) columns.
+
+    Unfinished runs are kept but flagged (``finished`` False) so a figure can say it is partial."""
+    last = runs.sort_values("step").groupby("run").tail(1).copy()
+    last["regularizer"] = [regularizer(w, p) for w, p in zip(last["weight_decay"], last["dropout"])]
+    last["strength"] = np.where(last["regularizer"] == "weight_decay", last["weight_decay"], last["dropout"])
+    last["pid_over_llid"] = last["pid"] / last["llid"]
+    return last.set_index("run").sort_values(["dataset", "regularizer", "strength"])
+
+
+def pearson(x, y) -> tuple[float, float, int]:
+    """(r, two-sided p, n) of Pearson's correlation; NaNs where it is undefined (n < 3 or a constant)."""
+    from scipy import stats
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan"), len(x)
+    r, p = stats.pearsonr(x, y)
+    return float(r), float(p), len(x)
+
+
+def over_regularization_threshold(strength, accuracy, tolerance: float = 0.02) -> float:
+    """The strongest setting whose accuracy is still within ``tolerance`` (absolute) of the best.
+
+    Runs stronger than this are over-regularized. The rule uses accuracy only, so whether the PID
+    falls beyond the threshold (the paper's Fig. C claim) is a finding, not a consequence of the rule."""
+    strength, accuracy = np.asarray(strength, float), np.asarray(accuracy, float)
+    if len(strength) == 0:
+        raise ValueError("over_regularization_threshold needs at least one run")
+    return float(strength[accuracy >= accuracy.max() - tolerance].max())

@@ -9,6 +9,7 @@ Definitions (Brown et al. 2022, section 7 of the reproduction notes; the officia
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -33,6 +34,30 @@ def _batches(data, batch_size: int):
         return
     for batch in data:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+@contextmanager
+def recording(model: nn.Module, layers: Iterable[str], *, store: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32):
+    """Within the block, every forward pass of ``model`` appends each layer's flattened output to
+    ``chunks[layer]`` (yielded); :func:`capture_activations` is the usual entry point. Lets a caller
+    record activations during a forward pass it needs anyway (e.g. to compute the accuracy)."""
+    layers = list(layers)
+    modules = _check_layer_names(model, layers)
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+
+    def hook_for(name):
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            chunks[name].append(out.detach().flatten(1).to(device=store, dtype=dtype))
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
+    try:
+        yield chunks
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()
@@ -60,27 +85,14 @@ def capture_activations(
             estimators upcast to float32 and centre before measuring distances.
         keep_on_device: keep activations on the model's device (e.g. GPU) instead of the CPU.
     """
-    layers = list(layers)
-    modules = _check_layer_names(model, layers)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    store = "cpu" if not keep_on_device else device
-    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-
-    def hook_for(name):
-        def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            chunks[name].append(out.detach().flatten(1).to(device=store, dtype=dtype))
-        return hook
-
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
     was_training = model.training
     model.eval()
     try:
-        for x in _batches(data, batch_size):
-            model(x.to(device, non_blocking=True))
+        with recording(model, layers, store=device if keep_on_device else "cpu", dtype=dtype) as chunks:
+            for x in _batches(data, batch_size):
+                model(x.to(device, non_blocking=True))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return {name: torch.cat(parts) for name, parts in chunks.items()}
 

@@ -6,10 +6,20 @@ import dataclasses
 from typing import Any
 
 
+def _number(cls, name: str, declared: str, value: Any) -> Any:
+    """YAML 1.1 reads ``1e-6`` (no dot) as a string: turn numeric strings into the declared number."""
+    if declared not in ("float", "int") or not isinstance(value, str):
+        return value
+    try:
+        return float(value) if declared == "float" else int(value)
+    except ValueError:
+        raise ValueError(f"{cls.__name__}.{name} must be a {declared}, got {value!r}") from None
+
+
 def pick(cls, config: dict[str, Any]):
     """Instantiate dataclass ``cls`` from the keys of ``config`` that it declares."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in config.items() if k in names})
+    declared = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    return cls(**{k: _number(cls, k, declared[k], v) for k, v in config.items() if k in declared})
 
 
 def check_keys(config: dict[str, Any], *known: type | set[str]) -> None:

@@ -24,15 +24,23 @@ from tqdm.auto import tqdm
 from actid.runs import expand_grid, run_name, write_config
 from actid.train import train
 
-EXPERIMENTS = {"grokking": "actid.experiments.grokking"}
+EXPERIMENTS = {"grokking": "actid.experiments.grokking", "regularization": "actid.experiments.regularization"}
 
 
 def sweep_points(params: dict, experiment: str, profile: str) -> tuple[dict, list[dict]]:
+    """The section's ``fixed`` keys and its grid points. ``grid`` is one grid (every combination of
+    its lists) or a list of grids whose points are joined, e.g. a weight-decay sweep at dropout 0
+    plus a dropout sweep at weight decay 0; a point listed twice runs once."""
     try:
         section = params[experiment][profile]
     except KeyError:
         raise KeyError(f"params has no section {experiment}.{profile}; profiles: {list(params.get(experiment, {}))}")
-    return section.get("fixed", {}), expand_grid(section.get("grid", {}))
+    grids = section.get("grid", {})
+    points = [p for grid in (grids if isinstance(grids, list) else [grids]) for p in expand_grid(grid)]
+    unique: dict[str, dict] = {}
+    for point in points:
+        unique.setdefault(run_name(point), point)
+    return section.get("fixed", {}), list(unique.values())
 
 
 def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tuple[int, int] = (0, 1),

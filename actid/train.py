@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from actid.capture import capture_activations, llid, peak_id
+from actid.capture import capture_activations, llid, peak_id, recording
 from actid.estimators import TwoNN
 
 
@@ -169,30 +169,38 @@ class EpochSampler:
 
 @torch.no_grad()
 def evaluate(task: Task, cfg: TrainConfig, probe_index: torch.Tensor | None) -> dict[str, float]:
-    """Loss and accuracy on every eval split; ID of each tracked layer on the probe split; LLID, PID."""
+    """Loss and accuracy on every eval split; ID of each tracked layer on the probe split; LLID, PID.
+
+    When the probe is the whole ID split, its activations are recorded during the same forward
+    pass that gives the accuracy (one pass per split)."""
     model = task.model
     was_training = model.training
     model.eval()
     row: dict[str, float] = {}
+    acts = None
     for split, (x, y) in task.eval_sets.items():
-        loss, correct = 0.0, 0
-        for start in range(0, len(x), cfg.eval_batch_size):
-            logits = model(x[start:start + cfg.eval_batch_size]).float()
-            target = y[start:start + cfg.eval_batch_size]
-            loss += float(F.cross_entropy(logits, target, reduction="sum"))
-            correct += int((logits.argmax(1) == target).sum())
+        record = task.id_layers and split == task.id_split and probe_index is None
+        with recording(model, task.id_layers if record else [], store=x.device) as chunks:
+            loss, correct = 0.0, 0
+            for start in range(0, len(x), cfg.eval_batch_size):
+                logits = model(x[start:start + cfg.eval_batch_size]).float()
+                target = y[start:start + cfg.eval_batch_size]
+                loss += float(F.cross_entropy(logits, target, reduction="sum"))
+                correct += int((logits.argmax(1) == target).sum())
+        if record:
+            acts = {name: torch.cat(parts) for name, parts in chunks.items()}
         row[f"{split}_loss"], row[f"{split}_acc"] = loss / len(x), correct / len(x)
     model.train(was_training)
     if task.id_layers:
-        x = task.eval_sets[task.id_split][0]
-        x = x[probe_index] if probe_index is not None else x
-        acts = capture_activations(model, x, task.id_layers, batch_size=cfg.eval_batch_size, keep_on_device=True)
+        if acts is None:
+            x = task.eval_sets[task.id_split][0]
+            x = x[probe_index] if probe_index is not None else x
+            acts = capture_activations(model, x, task.id_layers, batch_size=cfg.eval_batch_size, keep_on_device=True)
         ids = {}
-        for name, a in acts.items():
-            est = TwoNN(n_resamples=cfg.id_resamples, subsample_fraction=cfg.id_subsample, seed=cfg.seed).fit(a)
-            ids[name] = est.dimension_
+        for name in list(acts):
+            est = TwoNN(n_resamples=cfg.id_resamples, subsample_fraction=cfg.id_subsample, seed=cfg.seed)
+            ids[name] = est.fit(acts.pop(name)).dimension_  # pop: free each layer once measured
             row[f"id/{name}"], row[f"id_err/{name}"] = est.dimension_, est.error_
-            del a
         row["pid"] = peak_id(ids)
         if task.llid_layer:
             row["llid"] = llid(ids, task.llid_layer)

@@ -1,0 +1,100 @@
+"""Regularization vs ID (Brown et al. 2022, Figs. A-C): ResNet-18 on images, swept over weight decay and dropout.
+
+A run's config is flat. ``recipe`` names one of :data:`RECIPES`, the official training recipes
+(SGD lr 0.1, momentum 0.9, batch 128, 200 epochs; CIFAR-100: multistep x0.2 at epochs 60/120/160 and
+rotation 15; CIFAR-10: cosine, no rotation); :func:`resolve` writes every value of the recipe into the
+config, so ``config.json`` states the whole recipe and any key can still be overridden (the official
+``cifar10_id`` config, for instance, is CIFAR-10 data under the CIFAR-100 schedule and rotation: pitfall P4).
+
+Lengths are in epochs (``epochs``, ``eval_every_epochs``, ``milestone_epochs``); :func:`build` turns
+them into optimizer steps from the training-set size. The IDs of the six layers are measured on the
+whole validation split at every evaluation (``id_max_points`` 0), once per evaluation point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from actid.config import check_keys, pick
+from actid.data.images import DeviceAugment, load_image_dataset
+from actid.models.resnet import ResNet18
+from actid.paths import resolve as resolve_path
+from actid.train import Task, TrainConfig, resolve_device
+
+_OFFICIAL = dict(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=128, weight_decay=5e-4, epochs=200,
+                 crop_padding=4, flip=True, id_max_points=0, id_resamples=20, id_subsample=0.9)
+RECIPES = {
+    "cifar100": dict(_OFFICIAL, dataset="cifar100", schedule="multistep", milestone_epochs=[60, 120, 160],
+                     gamma=0.2, rotate_degrees=15.0),
+    "cifar10": dict(_OFFICIAL, dataset="cifar10", schedule="cosine", milestone_epochs=[], rotate_degrees=0.0),
+    # the offline digits: the CIFAR-10 recipe without flips (a flipped digit is another symbol)
+    "mnist5k": dict(_OFFICIAL, dataset="mnist5k", schedule="cosine", milestone_epochs=[], rotate_degrees=0.0,
+                    flip=False),
+}
+DERIVED = {"steps", "eval_every", "milestones", "eval_log_points"}  # set from the epoch keys by build()
+
+
+@dataclass
+class ImageSetup:
+    """Data, model and epoch-based lengths of one run (the optimizer keys live in TrainConfig)."""
+
+    recipe: str = "cifar100"
+    dataset: str = "cifar100"
+    data_dir: str = "data"  # relative to the repository root
+    download: bool = False
+    verify_md5: bool = True  # torchvision's checksum of the CIFAR files (False for generated test files)
+    width: int = 64
+    dropout: float = 0.0
+    epochs: int = 200
+    eval_every_epochs: int = 1
+    milestone_epochs: tuple[int, ...] = ()
+    crop_padding: int = 4
+    flip: bool = True
+    rotate_degrees: float = 0.0
+    eval_train: bool = True  # also report loss/accuracy on the (unaugmented) training split
+
+
+def _train_keys() -> list[str]:
+    return [f.name for f in fields(TrainConfig) if f.name not in DERIVED]
+
+
+def resolve(config: dict) -> dict:
+    """Every key a run uses: ImageSetup/TrainConfig defaults, then the recipe, then ``config``."""
+    derived = sorted(DERIVED & set(config))
+    if derived:
+        raise KeyError(f"{derived} are derived from epochs; set epochs, eval_every_epochs or milestone_epochs instead")
+    check_keys(config, ImageSetup, set(_train_keys()))
+    recipe = config.get("recipe", ImageSetup.recipe)
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    merged = {**asdict(ImageSetup()), **{k: v for k, v in asdict(TrainConfig()).items() if k not in DERIVED},
+              **RECIPES[recipe], "recipe": recipe, **config}
+    setup, train_cfg = pick(ImageSetup, merged), pick(TrainConfig, merged)  # validates values
+    resolved = {**asdict(setup), **{k: v for k, v in asdict(train_cfg).items() if k not in DERIVED}}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+
+
+def build(config: dict) -> tuple[Task, TrainConfig]:
+    """Task and TrainConfig for one run of a resolved config (see :func:`resolve`)."""
+    config = resolve(config)
+    setup = pick(ImageSetup, config)
+    device = resolve_device(config["device"])
+    data = load_image_dataset(setup.dataset, str(resolve_path(setup.data_dir)), download=setup.download,
+                              device=device, verify=setup.verify_md5)
+    steps_per_epoch = math.ceil(len(data.train_y) / config["batch_size"])
+    train_cfg = TrainConfig(**{k: config[k] for k in _train_keys()}, steps=setup.epochs * steps_per_epoch,
+                            eval_every=setup.eval_every_epochs * steps_per_epoch,
+                            milestones=tuple(e * steps_per_epoch for e in setup.milestone_epochs))
+    torch.manual_seed(train_cfg.seed)  # model initialisation
+    model = ResNet18(data.n_classes, width=setup.width, in_channels=data.in_channels, dropout=setup.dropout).to(device)
+    eval_sets = {"val": (data.val_x, data.val_y)}
+    if setup.eval_train:
+        eval_sets = {"train": (data.train_x, data.train_y), **eval_sets}
+    augment = DeviceAugment(crop_padding=setup.crop_padding, flip=setup.flip, rotate_degrees=setup.rotate_degrees,
+                            fill=data.fill)
+    task = Task(model=model, train_x=data.train_x, train_y=data.train_y, eval_sets=eval_sets,
+                id_layers=model.id_layers, llid_layer=model.llid_layer, id_split="val", augment=augment)
+    return task, train_cfg
