@@ -60,6 +60,14 @@ def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tup
         train(task, train_cfg, out / name)
 
 
+def prepare(experiment: str, params: dict, profile: str, overrides: dict) -> None:
+    """Let the experiment fetch shared inputs (e.g. download CIFAR) once, before parallel shards race for them."""
+    module = importlib.import_module(EXPERIMENTS[experiment])
+    if hasattr(module, "prepare"):
+        fixed, points = sweep_points(params, experiment, profile)
+        module.prepare([module.resolve({**fixed, **p, **overrides}) for p in points])
+
+
 def run_jobs(jobs: int, argv: list[str]) -> None:
     """Start ``jobs`` shard processes of this command and fail if any fails."""
     argv = [a for i, a in enumerate(argv) if not a.startswith("--jobs") and not (i and argv[i - 1] == "--jobs")]
@@ -85,10 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = yaml.safe_load(args.params.read_text())
     profile = args.profile or params["profile"]
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     if args.jobs > 1:
+        prepare(args.experiment, params, profile, overrides)
         return run_jobs(args.jobs, [a for a in (argv if argv is not None else sys.argv[1:])])
     i, n = (int(v) for v in args.shard.split("/"))
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     run_sweep(args.experiment, params, args.out or Path("runs") / args.experiment, profile, (i, n), overrides)
 
 

@@ -45,7 +45,7 @@ from actid.runs import load_runs
 PAPER_R = {("cifar100", "weight_decay"): -0.88, ("cifar100", "dropout"): -0.87,
            ("cifar10", "weight_decay"): -0.77, ("cifar10", "dropout"): -0.99}
 STYLE = {"weight_decay": dict(marker="o", color="tab:red", label="weight decay"),
-         "dropout": dict(marker="x", color="tab:orange", label="dropout p")}
+         "dropout": dict(marker="X", color="tab:orange", label="dropout p")}
 
 final = final_rows(load_runs(resolve(runs_dir)))
 final = final[final["regularizer"] != "both"]

@@ -12,7 +12,7 @@ import yaml
 
 from actid.analysis import final_rows, over_regularization_threshold, pearson, regularizer
 from actid.data.images import write_fake_cifar
-from actid.experiments.regularization import RECIPES, build, resolve
+from actid.experiments.regularization import RECIPES, build, prepare, resolve
 from actid.paths import ROOT
 from actid.runs import load_runs, write_config
 from actid.sweep import run_sweep, sweep_points
@@ -65,6 +65,13 @@ def test_build_turns_epochs_into_steps(fake_cifar):
     assert task.id_layers == LAYERS and task.llid_layer == "avg_pool"
     assert task.augment.rotate_degrees == 15.0 and task.augment.flip
     assert task.model.fc.out_features == 100 and len(task.eval_sets["val"][0]) == 40
+
+
+def test_prepare_uses_present_files_and_names_the_folder_when_offline(fake_cifar, tmp_path):
+    prepare([resolve(tiny(fake_cifar, download=True))])  # files present: nothing to fetch
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        # download=False: a missing data set is an error that names the folder to fill
+        build(tiny(tmp_path, recipe="cifar10"))
 
 
 def test_one_epoch_run_writes_a_valid_run(fake_cifar, tmp_path):

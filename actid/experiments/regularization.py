@@ -77,6 +77,13 @@ def resolve(config: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
 
 
+def prepare(configs: list[dict]) -> None:
+    """Download the CIFAR sets these runs need, once (the sweep calls this before starting parallel shards)."""
+    for dataset, data_dir, verify in sorted({(c["dataset"], c["data_dir"], c["verify_md5"]) for c in configs
+                                             if c["download"] and c["dataset"] != "mnist5k"}):
+        load_image_dataset(dataset, str(resolve_path(data_dir)), download=True, verify=verify)
+
+
 def build(config: dict) -> tuple[Task, TrainConfig]:
     """Task and TrainConfig for one run of a resolved config (see :func:`resolve`)."""
     config = resolve(config)
