@@ -14,12 +14,12 @@ whole validation split at every evaluation (``id_max_points`` 0), once per evalu
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
 from actid.config import check_keys, pick
-from actid.data.images import DeviceAugment, load_image_dataset
+from actid.data.images import CIFAR_DIRS, DeviceAugment, load_image_dataset
 from actid.models.resnet import ResNet18
 from actid.paths import resolve as resolve_path
 from actid.train import Task, TrainConfig, resolve_device
@@ -70,18 +70,19 @@ def resolve(config: dict) -> dict:
     recipe = config.get("recipe", ImageSetup.recipe)
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
-    merged = {**asdict(ImageSetup()), **{k: v for k, v in asdict(TrainConfig()).items() if k not in DERIVED},
-              **RECIPES[recipe], "recipe": recipe, **config}
+    merged = {**RECIPES[recipe], **config}  # the dataclasses supply the remaining defaults
     setup, train_cfg = pick(ImageSetup, merged), pick(TrainConfig, merged)  # validates values
     resolved = {**asdict(setup), **{k: v for k, v in asdict(train_cfg).items() if k not in DERIVED}}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
 
 
 def prepare(configs: list[dict]) -> None:
-    """Download the CIFAR sets these runs need, once (the sweep calls this before starting parallel shards)."""
+    """Download the CIFAR sets these runs need and lack, once (the sweep calls this before starting
+    parallel shards, which would otherwise race to download the same archive)."""
     for dataset, data_dir, verify in sorted({(c["dataset"], c["data_dir"], c["verify_md5"]) for c in configs
-                                             if c["download"] and c["dataset"] != "mnist5k"}):
-        load_image_dataset(dataset, str(resolve_path(data_dir)), download=True, verify=verify)
+                                             if c["download"] and c["dataset"] in CIFAR_DIRS}):
+        if not (resolve_path(data_dir) / CIFAR_DIRS[dataset]).is_dir():
+            load_image_dataset(dataset, str(resolve_path(data_dir)), download=True, verify=verify)
 
 
 def build(config: dict) -> tuple[Task, TrainConfig]:
@@ -92,9 +93,9 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
     data = load_image_dataset(setup.dataset, str(resolve_path(setup.data_dir)), download=setup.download,
                               device=device, verify=setup.verify_md5)
     steps_per_epoch = math.ceil(len(data.train_y) / config["batch_size"])
-    train_cfg = TrainConfig(**{k: config[k] for k in _train_keys()}, steps=setup.epochs * steps_per_epoch,
-                            eval_every=setup.eval_every_epochs * steps_per_epoch,
-                            milestones=tuple(e * steps_per_epoch for e in setup.milestone_epochs))
+    train_cfg = replace(pick(TrainConfig, config), steps=setup.epochs * steps_per_epoch,
+                        eval_every=setup.eval_every_epochs * steps_per_epoch,
+                        milestones=tuple(e * steps_per_epoch for e in setup.milestone_epochs))
     torch.manual_seed(train_cfg.seed)  # model initialisation
     model = ResNet18(data.n_classes, width=setup.width, in_channels=data.in_channels, dropout=setup.dropout).to(device)
     eval_sets = {"val": (data.val_x, data.val_y)}
