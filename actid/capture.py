@@ -18,6 +18,12 @@ from actid.estimators import TwoNN
 
 
 def _check_layer_names(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
+    if isinstance(layers, str):
+        raise TypeError(f"layers must be a list of module names, got the string {layers!r}; pass [{layers!r}]")
+    not_str = [name for name in layers if not isinstance(name, str)]
+    if not_str:
+        raise TypeError(f"layer names must be strings as in model.named_modules(), got {not_str!r}; "
+                        f"pass {[str(n) for n in not_str]!r} (an nn.Sequential names its layers '0', '1', ...)")
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
     if missing:
@@ -37,22 +43,57 @@ def _batches(data, batch_size: int):
 
 
 @contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode for the block, then give every submodule back its own train/eval
+    flag (``model.train(was_training)`` would flip a submodule the user had set to eval)."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
+class LayerCalledTwiceError(RuntimeError):
+    """A recorded module ran more than once in one forward pass of the model."""
+
+
+@contextmanager
 def recording(model: nn.Module, layers: Iterable[str], *, store: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32):
+              dtype: torch.dtype | None = None):
     """Within the block, every forward pass of ``model`` appends each layer's flattened output to
     ``chunks[layer]`` (yielded); :func:`capture_activations` is the usual entry point. Lets a caller
-    record activations during a forward pass it needs anyway (e.g. to compute the accuracy)."""
+    record activations during a forward pass it needs anyway (e.g. to compute the accuracy).
+
+    A module that runs more than once per forward pass of ``model`` (torchvision's ``BasicBlock``
+    reuses its ``relu``) raises :class:`LayerCalledTwiceError`: its rows would mix the calls (2n rows
+    for n inputs). Record a module that runs once instead, such as the block itself.
+    ``dtype`` None keeps each layer's own dtype."""
     layers = list(layers)
     modules = _check_layer_names(model, layers)
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    calls = dict.fromkeys(layers, 0)
+
+    def new_forward(_module, _inputs):
+        for name in calls:
+            calls[name] = 0
 
     def hook_for(name):
         def hook(_module, _inputs, output):
+            calls[name] += 1
+            if calls[name] > 1:
+                parent = name.rpartition(".")[0] or "a module that wraps it"
+                raise LayerCalledTwiceError(
+                    f"layer {name!r} ran {calls[name]} times in one forward pass of {type(model).__name__}, so its "
+                    f"activations would mix the calls; record a module that runs once per forward, e.g. {parent!r}, "
+                    "or wrap each call in its own module (an nn.Identity after it)")
             out = output[0] if isinstance(output, (tuple, list)) else output
-            chunks[name].append(out.detach().flatten(1).to(device=store, dtype=dtype))
+            chunks[name].append(out.detach().flatten(1).to(device=store, dtype=dtype or out.dtype))
         return hook
 
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
+    handles = [model.register_forward_pre_hook(new_forward)]
+    handles += [modules[name].register_forward_hook(hook_for(name)) for name in layers]
     try:
         yield chunks
     finally:
@@ -68,32 +109,28 @@ def capture_activations(
     *,
     batch_size: int = 1024,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     keep_on_device: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Return {layer name: (n_examples, features)} activations of ``model`` on ``data``.
 
-    Runs in eval mode under ``no_grad`` (the model's mode is restored afterwards). A module
-    that returns a tuple contributes its first element (e.g. an attention block's output).
+    Runs in eval mode under ``no_grad``; every submodule's train/eval flag is restored afterwards.
+    A module that returns a tuple contributes its first element (e.g. an attention block's output);
+    a module that runs twice per forward pass raises :class:`LayerCalledTwiceError`.
 
     Args:
         data: an input tensor (batched along dim 0) or an iterable such as a DataLoader
             yielding inputs or (input, target) pairs.
         layers: dotted module names as in ``model.named_modules()``.
         device: where to run the model (default: the model's device).
-        dtype: storage dtype of the activations; float16/bfloat16 halve the memory. The
-            estimators upcast to float32 and centre before measuring distances.
+        dtype: storage dtype of the activations (default: the layer's own); float16/bfloat16 halve
+            the memory. The estimators centre in float64 before measuring distances in float32.
         keep_on_device: keep activations on the model's device (e.g. GPU) instead of the CPU.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with recording(model, layers, store=device if keep_on_device else "cpu", dtype=dtype) as chunks:
-            for x in _batches(data, batch_size):
-                model(x.to(device, non_blocking=True))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), recording(model, layers, store=device if keep_on_device else "cpu", dtype=dtype) as chunks:
+        for x in _batches(data, batch_size):
+            model(x.to(device, non_blocking=True))
     return {name: torch.cat(parts) for name, parts in chunks.items()}
 
 

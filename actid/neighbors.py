@@ -6,7 +6,8 @@ n = 20,000) and is exact despite fp32/TF32 matmuls:
 
 1. validate (finite values, enough points) and drop exact duplicate rows;
 2. centre the columns, so a large common offset cannot cancel catastrophically
-   in ``|x|^2 + |y|^2 - 2 x.y`` (pytorch#42479);
+   in ``|x|^2 + |y|^2 - 2 x.y`` (pytorch#42479); float64 input is centred in float64
+   before the search casts it to float32;
 3. per block of rows, find ``k + margin`` candidates with one matmul, with the
    block's own indices masked by index (self-distances after round-off are not 0).
    Wide data are searched in a rank-64 projection plus the residual norm, whose
@@ -190,7 +191,11 @@ def nearest_neighbors(
     """
     X = as_point_matrix(X)
     device = torch.device(device) if device is not None else X.device
-    X = X.to(device=device, dtype=torch.float32)
+    X = X.to(device=device)
+    if X.dtype == torch.float64:
+        # centre before the cast: float32 keeps ~7 digits, so an offset of 1e4 would swamp 1e-3 detail
+        X = X - X.mean(dim=0, keepdim=True)
+    X = X.to(torch.float32)
     n_in = X.shape[0]
     n_duplicates = 0
     if deduplicate:

@@ -1,62 +1,318 @@
-"""Run directories and sweeps: what a run writes, how a grid expands, and how to load results.
+"""The run directory, and its one owner: :class:`Run`.
 
 A run is a directory::
 
-    config.json   the resolved config: every key the run used, plus experiment/profile/versions
-    metrics.csv   one row per evaluation point (see actid.train)
-    done.json     present once the run finished: final row and wall time
+    config.json    the resolved config (every key the run used), experiment, profile, versions, and
+                   ``runtime``: where it ran (device type, autocast, CPU threads)
+    metrics.csv    one row per evaluation (column names: :mod:`actid.schema`)
+    checkpoint.pt  latest training state while unfinished; it also holds the rows, the source of truth
+    snapshots/     model weights at selected evaluations (``step-<step>.pt``), if asked for
+    done.json      written last: the final row and the wall time
+    .lock          held by the process writing the run
 
-A sweep is a directory of runs, one per grid point, named ``key=value,key=value``.
+Every file is written atomically (a temporary file, fsync, rename): a killed process leaves the old
+version or the new one, never half a file. Two processes cannot write one run: the second fails at
+once with a message naming the first.
+
+**Identity.** A run is identified by its scientific config: every key except :data:`NOT_IDENTITY`,
+which say where and how it runs, not what it computes. A finished run is reused whatever device it
+ran on; an unfinished one resumes only where the keys that change its numerics
+(:data:`NUMERICS`) match.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import fcntl
 import json
+import math
+import os
 import platform
-import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 import actid
+from actid import schema
+
+NOT_IDENTITY = {
+    "device": "where it runs ('auto', 'cpu', 'cuda', 'cuda:1')",
+    "amp": "bfloat16 autocast of the training step (a numerics choice, see NUMERICS)",
+    "eval_batch_size": "batching of evaluation forward passes",
+    "data_dir": "where the data sets are read from",
+    "download": "whether missing data sets may be downloaded",
+    "verify_md5": "whether torchvision checks the data files' checksums",
+}
+"""Config keys recorded in ``config.json`` but not part of a run's identity: changing them never
+discards or restarts a run."""
+
+NUMERICS = ("device", "amp", "threads")
+"""Runtime facts that change an unfinished run's numbers: a run resumes only where they match (the
+device *type*; the thread count only on the CPU). A finished run is reused whatever they were."""
 
 
-def expand_grid(grid: dict[str, list]) -> list[dict]:
-    """All combinations of the grid's values, in the order of the lists (first key slowest)."""
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+def identity(config: dict) -> dict:
+    """The part of a config that identifies a run's results."""
+    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
 
 
-def run_name(point: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in point.items())
+class RunLockedError(RuntimeError):
+    """Another process is writing this run."""
 
 
-def write_config(run_dir: Path, config: dict, meta: dict) -> None:
-    """Write config.json; if the directory holds a run of a different config, start it afresh."""
-    path = run_dir / "config.json"
-    if path.exists() and json.loads(path.read_text())["config"] != config:
-        print(f"config of {run_dir.name} changed: discarding its old results")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(file_object)`` on a temporary file, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    try:
+        pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_dtype=False)
+        return True
+    except AssertionError:
+        return False
+
+
+class Run:
+    """One run directory: its files, identity, rows, checkpoint, snapshots, completion and lock."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+        self.metrics_path = self.path / "metrics.csv"
+        self.checkpoint_path = self.path / "checkpoint.pt"
+        self.done_path = self.path / "done.json"
+        self.snapshot_dir = self.path / "snapshots"
+        self.lock_path = self.path / ".lock"
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # --- config and identity -------------------------------------------------------------------
+
+    def is_actid_run(self) -> bool:
+        """Whether the directory holds an actid run (a ``config.json`` that actid wrote)."""
+        try:
+            meta = json.loads(self.config_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "experiment" in meta
+
+    def meta(self) -> dict:
+        """The whole ``config.json``."""
+        return json.loads(self.config_path.read_text())
+
+    @property
+    def config(self) -> dict:
+        return self.meta()["config"]
+
+    def same_identity(self, config: dict) -> bool:
+        return identity(self.config) == identity(config)
+
+    def write_config(self, config: dict, meta: dict) -> None:
+        """Create ``config.json``. A run already there must have the same identity (the sweep moves
+        a changed run aside first); its file, which records where it ran, is kept."""
+        if self.config_path.exists():
+            if not self.same_identity(config):
+                changed = sorted(k for k in set(identity(config)) | set(identity(self.config))
+                                 if identity(config).get(k) != identity(self.config).get(k))
+                raise ValueError(f"{self.path} holds a run of another config (keys {changed} differ); "
+                                 "move it aside or choose another directory")
+            return
         versions = {"actid": actid.__version__, "torch": torch.__version__, "python": platform.python_version()}
-        path.write_text(json.dumps({"config": config, **meta, "versions": versions}, indent=1))
+        _write_text(self.config_path, json.dumps({"config": config, **meta, "versions": versions}, indent=1))
 
+    def runtime(self) -> dict | None:
+        """Where an unfinished run has been training (None before its first step)."""
+        return self.meta().get("runtime") if self.config_path.exists() else None
+
+    def record_runtime(self, runtime: dict) -> None:
+        _write_text(self.config_path, json.dumps({**self.meta(), "runtime": runtime}, indent=1))
+
+    # --- rows ------------------------------------------------------------------------------------
+
+    @property
+    def is_finished(self) -> bool:
+        return self.done_path.exists()
+
+    def read_metrics(self) -> pd.DataFrame:
+        """``metrics.csv`` read exactly (floats round-trip), or a clear error naming the file."""
+        try:
+            return pd.read_csv(self.metrics_path)  # pandas >= 3 parses floats exactly (round trip)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.metrics_path} is missing: the run has not evaluated yet, or the file "
+                                    "was removed") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ValueError(f"{self.metrics_path} cannot be read ({err}); it was not written by actid's atomic "
+                             "writer. Delete the run directory to retrain it.") from None
+
+    def write_rows(self, rows: list[dict]) -> None:
+        """Replace ``metrics.csv`` by ``rows`` (atomically: readers never see a partial row)."""
+        atomic_write(self.metrics_path, lambda f: pd.DataFrame(rows).to_csv(f, index=False))
+
+    def append_row(self, row: dict) -> None:
+        """Add one row (for loops that keep no checkpoint, e.g. :class:`actid.Tracker`)."""
+        rows = self.read_metrics().to_dict("records") if self.metrics_path.exists() else []
+        if rows and row[schema.STEP] <= rows[-1][schema.STEP]:
+            raise ValueError(f"step {row[schema.STEP]} is not after the last recorded step {rows[-1][schema.STEP]} "
+                             f"of {self.path}; steps must increase")
+        self.write_rows([*rows, row])
+
+    def restore_rows(self, rows: list[dict]) -> None:
+        """Make ``metrics.csv`` hold exactly ``rows``, the checkpoint's. A file that is a prefix of them
+        lacks only the row whose write a kill interrupted; anything else (edited, truncated, missing
+        rows) is kept aside as ``metrics.csv.bad-<n>`` and named."""
+        expected = pd.DataFrame(rows)
+        if self.metrics_path.exists():
+            try:
+                on_disk = self.read_metrics()
+            except ValueError:
+                on_disk = None
+            if on_disk is not None and _frames_equal(on_disk, expected):
+                return
+            if not (on_disk is not None and len(on_disk) < len(expected)
+                    and _frames_equal(on_disk, expected.iloc[:len(on_disk)][list(on_disk.columns)])):
+                aside = self._free_name(self.metrics_path.name + ".bad")
+                os.replace(self.metrics_path, aside)
+                print(f"{self.metrics_path} did not match the run's checkpoint (edited, truncated or rows missing): "
+                      f"kept it as {aside.name} and restored the {len(rows)} checkpointed rows")
+        elif rows:
+            print(f"{self.metrics_path} was missing: restored the {len(rows)} rows held by the checkpoint")
+        self.write_rows(rows)
+
+    def _free_name(self, stem: str) -> Path:
+        n = 1
+        while (self.path / f"{stem}-{n}").exists():
+            n += 1
+        return self.path / f"{stem}-{n}"
+
+    def set_aside_orphan_rows(self) -> None:
+        """An unfinished run without a checkpoint restarts; rows it left are kept aside, not overwritten."""
+        if self.metrics_path.exists() and not self.checkpoint_path.exists() and not self.is_finished:
+            aside = self._free_name(self.metrics_path.name + ".orphan")
+            os.replace(self.metrics_path, aside)
+            print(f"{self.metrics_path} had no checkpoint to resume from: kept it as {aside.name}, restarting the run")
+
+    # --- checkpoint, snapshots, completion ------------------------------------------------------
+
+    def save_checkpoint(self, state: dict) -> None:
+        atomic_write(self.checkpoint_path, lambda f: torch.save(state, f))
+
+    def load_checkpoint(self) -> dict | None:
+        if not self.checkpoint_path.exists():
+            return None
+        # on the CPU: generator states must stay CPU tensors; load_state_dict moves the rest
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+
+    def snapshot_path(self, step: int) -> Path:
+        return self.snapshot_dir / f"step-{step:08d}.pt"
+
+    def save_snapshot(self, step: int, model_state: dict) -> None:
+        """Keep the model's weights at an evaluation (e.g. to rewind layers to an earlier epoch later)."""
+        atomic_write(self.snapshot_path(step), lambda f: torch.save(model_state, f))
+
+    def snapshot_steps(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.snapshot_dir.glob("step-*.pt"))
+
+    def load_snapshot(self, step: int, map_location="cpu") -> dict:
+        path = self.snapshot_path(step)
+        if not path.exists():
+            raise FileNotFoundError(f"{self.path} has no snapshot at step {step}; snapshots: {self.snapshot_steps()}")
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+    def finish(self, rows: list[dict], train_seconds: float) -> None:
+        """Write the last rows, then ``done.json``, then drop the checkpoint."""
+        self.write_rows(rows)
+        _write_text(self.done_path, json.dumps({"final": rows[-1], "train_seconds": round(train_seconds, 2)},
+                                               indent=1))
+        self.checkpoint_path.unlink(missing_ok=True)
+
+    # --- lock ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run's write lock for the block, or fail at once naming the process that holds it.
+        The operating system releases it when the holder dies, however it dies."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+                raise RunLockedError(f"{self.path} is being written by another process ({holder}); wait for it "
+                                     "or stop it (two writers would corrupt the run)") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+
+    def is_locked(self) -> bool:
+        """Whether another process holds the lock now (looks without writing anything)."""
+        if not self.lock_path.exists():
+            return False
+        fd = os.open(self.lock_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
+# --- loading results ----------------------------------------------------------------------------
 
 def load_run(run_dir: str | Path) -> pd.DataFrame:
     """One run's metrics with its config values as extra columns (plus ``run`` and ``finished``)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.csv").exists():
-        raise FileNotFoundError(f"{run_dir} has no metrics.csv: not a run directory, or the run has not evaluated yet")
-    df = pd.read_csv(run_dir / "metrics.csv")
-    config = json.loads((run_dir / "config.json").read_text())["config"]
-    for key, value in config.items():
+    run = Run(run_dir)
+    if not run.metrics_path.exists():
+        raise FileNotFoundError(f"{run.path} has no metrics.csv: not a run directory, or the run has not evaluated yet")
+    df = run.read_metrics()
+    steps = df[schema.STEP] if schema.STEP in df else None
+    if steps is None or steps.isna().any() or not steps.is_monotonic_increasing or steps.duplicated().any():
+        raise ValueError(f"{run.metrics_path} has missing, repeated or unordered steps; delete the run directory to "
+                         "retrain it")
+    if run.is_finished:
+        final = json.loads(run.done_path.read_text())["final"]
+        last = df.iloc[-1]
+        if not all(k in df and (last[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(last[k])))
+                   for k, v in final.items()):
+            raise ValueError(f"{run.metrics_path} does not end with the final row recorded in {run.done_path.name}: "
+                             "the file was changed after the run finished. Delete the run directory to retrain it.")
+    for key, value in run.config.items():
         if key not in df.columns and not isinstance(value, (list, dict)):
             df[key] = value
-    df.insert(0, "run", run_dir.name)
-    df["finished"] = (run_dir / "done.json").exists()
+    df.insert(0, "run", run.name)
+    df["finished"] = run.is_finished
     return df
 
 
@@ -64,14 +320,15 @@ def load_runs(path: str | Path) -> pd.DataFrame:
     """Load a run directory, or every run below a sweep directory, into one tidy DataFrame.
 
     One row per (run, evaluation step). Columns: ``run``, ``step``, losses and accuracies per split
-    (``train_acc``, ``val_acc``, ...), ``id/<layer>`` and ``id_err/<layer>``, ``llid``, ``pid``,
-    ``learning_rate``, every scalar config value (``weight_decay``, ``train_fraction``, ...) and
-    ``finished``.
+    (``train_acc``, ``val_acc``, ...), one column per measure value (``id/<layer>``, ``id_err/<layer>``,
+    ``llid``, ``pid``, ``<measure>/<key>``; see :mod:`actid.schema`), ``learning_rate``, every scalar
+    config value (``weight_decay``, ``train_fraction``, ...) and ``finished``. Folders that are not
+    actid runs (and runs set aside under ``.stale/``) are ignored.
     """
     path = Path(path)
-    if (path / "metrics.csv").exists():
+    if Run(path).metrics_path.exists():
         return load_run(path)
-    runs = sorted(p.parent for p in path.glob("*/metrics.csv"))
+    runs = sorted(p.parent for p in path.glob("*/metrics.csv") if Run(p.parent).is_actid_run())
     if not runs:
         raise FileNotFoundError(f"no runs (*/metrics.csv) under {path}; run the sweep first, e.g. `dvc repro`")
     return pd.concat([load_run(r) for r in runs], ignore_index=True)

@@ -1,30 +1,62 @@
 """Run an experiment's parameter grid for one profile: ``python -m actid.sweep grokking``.
 
-Reads ``params.yaml`` (section ``<experiment>.<profile>`` with keys ``fixed`` and ``grid``), writes
-one run directory per grid point under ``runs/<experiment>``, skips finished runs, resumes
-interrupted ones, and removes run directories that are no longer in the grid.
-``--shard i/n`` runs every n-th grid point; ``--jobs n`` starts n such shard processes at once
-(each with cores/n threads: on 2 CPU cores two single-threaded runs beat one two-threaded run
-for these small models; on one GPU several processes overlap their kernel launches).
+Reads ``params.yaml`` (section ``<experiment>.<profile>`` with keys ``fixed`` and ``grid``) and
+writes one run directory per grid point under ``runs/<experiment>``. In this order:
+
+1. **Validate** every grid point (keys and values) and look at every run directory, before any
+   file changes: a typo'd key or a bad value changes nothing.
+2. **Set aside** runs of this experiment whose config changed or that left the grid: they move to
+   ``<out>/.stale/<name>-<time>`` (never deleted), and the message says where. Folders that are not
+   actid runs of this experiment are never touched.
+3. **Train** the rest: finished runs are skipped (before their data or model are built) whatever
+   device they ran on; unfinished runs resume, if their device, autocast and CPU threads are the
+   ones they started with (or ``--restart`` sets them aside and starts again).
+
+``--shard i/n`` runs every n-th grid point; ``--jobs n`` starts n such shard processes (each with
+cores/n threads: on 2 CPU cores two single-threaded runs beat one two-threaded run for these small
+models; on one GPU several processes overlap their kernel launches). The parent draws one overall
+bar and one line per shard, forwards Ctrl-C/SIGTERM to the shards and waits for them; a shard
+whose parent dies stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import os
-import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 from tqdm.auto import tqdm
 
-from actid.runs import expand_grid, run_name, write_config
-from actid.train import train
+from actid.progress import ShardMonitor, ShardReporter
+from actid.runs import Run, RunLockedError
+from actid.train import ResumeMismatchError, check_resume, resolve_device, train
 
 EXPERIMENTS = {"grokking": "actid.experiments.grokking", "regularization": "actid.experiments.regularization"}
+STALE = ".stale"
+
+
+def expand_grid(grid: dict[str, list]) -> list[dict]:
+    """All combinations of the grid's values, in the order of the lists (first key slowest)."""
+    keys = list(grid)
+    bad = [k for k in keys if not isinstance(grid[k], list)]
+    if bad:
+        raise ValueError(f"grid values must be lists, got {', '.join(f'{k}: {grid[k]!r}' for k in bad)}; "
+                         f"write e.g. {bad[0]}: [{grid[bad[0]]!r}]")
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def run_name(point: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in point.items())
 
 
 def sweep_points(params: dict, experiment: str, profile: str) -> tuple[dict, list[dict]]:
@@ -43,21 +75,122 @@ def sweep_points(params: dict, experiment: str, profile: str) -> tuple[dict, lis
     return section.get("fixed", {}), list(unique.values())
 
 
-def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tuple[int, int] = (0, 1),
-              overrides: dict | None = None) -> None:
+@dataclass
+class Planned:
+    """One grid point and what the sweep will do with its run directory."""
+
+    name: str
+    config: dict
+    run: Run
+    action: str  # "new", "skip" (finished), "resume", "restart" (config changed or --restart: set aside first)
+
+
+def _threads(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict | None = None, *,
+         restart: bool = False, threads: int | None = None, shard: tuple[int, int] = (0, 1)
+         ) -> tuple[list[Planned], list[Run]]:
+    """Validate every point and classify every run directory; touches no file.
+
+    Returns the grid's runs and the stale runs to set aside (this experiment's runs not in the grid).
+    Runs of this ``shard`` are also checked for another writer and, if unfinished, for a change of
+    device, autocast or ``threads`` (the CPU thread count they will train with)."""
     module = importlib.import_module(EXPERIMENTS[experiment])
     fixed, points = sweep_points(params, experiment, profile)
-    names = [run_name(p) for p in points]
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in sorted(set(p.name for p in out.iterdir() if p.is_dir()) - set(names)):
-        print(f"removing {stale}: not in the {profile} grid")
-        shutil.rmtree(out / stale)
-    mine = [(n, p) for i, (n, p) in enumerate(zip(names, points)) if i % shard[1] == shard[0]]
-    for name, point in tqdm(mine, desc=f"{experiment}/{profile}", unit="run"):
-        config = module.resolve({**fixed, **point, **(overrides or {})})
-        write_config(out / name, config, {"experiment": experiment, "profile": profile})
-        task, train_cfg = module.build(config)
-        train(task, train_cfg, out / name)
+    configs = []
+    for point in points:
+        try:
+            configs.append(module.resolve({**fixed, **point, **(overrides or {})}))
+        except (KeyError, ValueError, TypeError) as err:
+            raise type(err)(f"grid point {run_name(point)} of {experiment}.{profile}: {err}") from None
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; name a directory for the runs")
+
+    def ours(run: Run) -> bool:
+        return run.is_actid_run() and run.meta().get("experiment") == experiment
+
+    planned, problems = [], []
+    for i, (point, config) in enumerate(zip(points, configs)):
+        run, mine = Run(out / run_name(point)), i % shard[1] == shard[0]
+        action = "new"
+        if run.path.exists() and any(run.path.iterdir()):
+            if not ours(run):
+                problems.append(f"{run.path} exists and is not a {experiment} run of actid; move it away or choose "
+                                "another --out (actid never writes into a folder it did not create)")
+                continue
+            action = "restart" if not run.same_identity(config) else "skip" if run.is_finished else "resume"
+        if action == "resume" and mine:
+            if run.is_locked():
+                problems.append(f"{run.path} is being written by another process (another sweep or dvc repro?); "
+                                "wait for it or stop it")
+                continue
+            device = resolve_device(config["device"])
+            now = {"device": device.type, "amp": config["amp"],
+                   "threads": (threads or torch.get_num_threads()) if device.type == "cpu" else None}
+            try:
+                check_resume(run.name, run.runtime(), now)
+            except ResumeMismatchError as err:
+                if not restart:
+                    problems.append(str(err))
+                    continue
+                action = "restart"
+        planned.append(Planned(run.name, config, run, action))
+    if problems:
+        raise SystemExit("nothing was changed:\n- " + "\n- ".join(problems))
+    names = {p.name for p in planned}
+    others = sorted(d for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")) if out.exists() else []
+    return planned, [Run(d) for d in others if d.name not in names and ours(Run(d))]
+
+
+def tidy(planned: list[Planned], stale: list[Run], out: Path, profile: str) -> None:
+    """Set aside the runs that left the grid and those to restart (config changed, or --restart)."""
+    for run in stale:
+        set_aside(run, out, f"not in the {profile} grid")
+    for p in planned:
+        if p.action == "restart":
+            set_aside(p.run, out, "config changed" if not p.run.same_identity(p.config) else "restarted (--restart)")
+
+
+def set_aside(run: Run, out: Path, why: str) -> Path:
+    """Move a run to ``<out>/.stale/<name>-<time>`` (never delete it), and say so."""
+    if run.is_locked():
+        raise RunLockedError(f"cannot set {run.path} aside: another process is writing it")
+    target = out / STALE / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while target.exists():
+        target, n = target.with_name(f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(run.path, target)
+    print(f"{run.name}: {why}; moved it to {target}")
+    return target
+
+
+def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tuple[int, int] = (0, 1),
+              overrides: dict | None = None, *, restart: bool = False, set_aside_stale: bool = True,
+              reporter: ShardReporter | None = None, stop_after: int | None = None) -> list[Planned]:
+    """Validate, set stale runs aside (a sweep's shards leave that to their parent), then
+    train this shard's runs. ``stop_after`` stops each run at that step (to test resuming)."""
+    out = Path(out)
+    planned, stale = plan(experiment, params, out, profile, overrides, restart=restart, shard=shard)
+    if set_aside_stale:
+        tidy(planned, stale, out, profile)
+    module = importlib.import_module(EXPERIMENTS[experiment])
+    mine = [p for i, p in enumerate(planned) if i % shard[1] == shard[0]]
+    for p in (mine if reporter else tqdm(mine, desc=f"{experiment}/{profile}", unit="run")):
+        if p.run.is_finished:  # before building data and model
+            if reporter:
+                reporter.end(p.name, "finished earlier")
+            continue
+        p.run.write_config(p.config, {"experiment": experiment, "profile": profile})
+        task, train_cfg = module.build(p.config)
+        if reporter:
+            reporter.start(p.name, train_cfg.steps)
+        train(task, train_cfg, p.run, progress=reporter.step if reporter else True, stop_after=stop_after)
+        if reporter:
+            reporter.end(p.name, "trained")
+    return planned
 
 
 def prepare(experiment: str, params: dict, profile: str, overrides: dict) -> None:
@@ -68,16 +201,49 @@ def prepare(experiment: str, params: dict, profile: str, overrides: dict) -> Non
         module.prepare([module.resolve({**fixed, **p, **overrides}) for p in points])
 
 
-def run_jobs(jobs: int, argv: list[str]) -> None:
-    """Start ``jobs`` shard processes of this command and fail if any fails."""
+def run_jobs(jobs: int, argv: list[str], n_runs: int, desc: str) -> None:
+    """Run ``jobs`` shard processes of this command; forward SIGINT/SIGTERM to them and wait; fail if any fails."""
     argv = [a for i, a in enumerate(argv) if not a.startswith("--jobs") and not (i and argv[i - 1] == "--jobs")]
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    procs = [subprocess.Popen([sys.executable, "-m", "actid.sweep", *argv, "--shard", f"{i}/{jobs}"], env=env)
+    threads = str(_threads(jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1",
+           "ACTID_PARENT_PID": str(os.getpid())}
+    monitor = ShardMonitor(jobs, n_runs, desc)
+    procs = [subprocess.Popen([sys.executable, "-m", "actid.sweep", *argv, "--shard", f"{i}/{jobs}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
              for i in range(jobs)]
-    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    readers = [monitor.follow(i, p.stdout) for i, p in enumerate(procs)]
+    received = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [p.wait() for p in procs]
+        for r in readers:
+            r.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        monitor.close()
+    if received:
+        raise SystemExit(f"stopped by signal {received[0]}; the shards stopped too. Rerun the same command to resume.")
+    failed = [i for i, code in enumerate(codes) if code != 0]
     if failed:
-        raise SystemExit(f"shard(s) {failed} of {jobs} failed; rerun the same command to resume")
+        raise SystemExit(f"shard(s) {failed} of {jobs} failed (their output is above, prefixed [shard i]); "
+                         "rerun the same command to resume")
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """A shard stops (as on SIGTERM) when the process that started it is gone."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,17 +254,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="default: runs/<experiment>")
     parser.add_argument("--shard", default="0/1", help="i/n: run grid points i, i+n, i+2n, ...")
     parser.add_argument("--jobs", type=int, default=1, help="run this many shards in parallel processes")
+    parser.add_argument("--restart", action="store_true",
+                        help="set aside unfinished runs that started on another device/autocast/thread count, and "
+                             "start them again")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a run config key for every run, e.g. --set device=cuda")
     args = parser.parse_args(argv)
     params = yaml.safe_load(args.params.read_text())
     profile = args.profile or params["profile"]
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    out = args.out or Path("runs") / args.experiment
+    # SIGTERM unwinds like Ctrl-C, so temporary files are removed and locks released
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.jobs > 1:
+        planned, stale = plan(args.experiment, params, out, profile, overrides, restart=args.restart,
+                              threads=_threads(args.jobs))
+        tidy(planned, stale, out, profile)
         prepare(args.experiment, params, profile, overrides)
-        return run_jobs(args.jobs, [a for a in (argv if argv is not None else sys.argv[1:])])
+        return run_jobs(args.jobs, [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--restart"],
+                        len(planned), f"{args.experiment}/{profile}")
     i, n = (int(v) for v in args.shard.split("/"))
-    run_sweep(args.experiment, params, args.out or Path("runs") / args.experiment, profile, (i, n), overrides)
+    sharded = "ACTID_PARENT_PID" in os.environ
+    if sharded:
+        _stop_when_orphaned(int(os.environ["ACTID_PARENT_PID"]))
+    run_sweep(args.experiment, params, out, profile, (i, n), overrides, restart=args.restart, set_aside_stale=not sharded,
+              reporter=ShardReporter() if sharded else None)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,24 @@
 """The training loop shared by every experiment, read top to bottom.
 
-A :class:`Task` says *what* to train (model, data already on the device, augmentation, ID
-layers); a :class:`TrainConfig` says *how* (optimizer, schedule, steps, evaluation points).
-:func:`train` runs it and writes a run directory (see :mod:`actid.runs`)::
+A :class:`Task` says *what* to train (model, data already on the device, augmentation, loss, the
+layers the model names for its ID); a :class:`TrainConfig` says *how* (optimizer, schedule, steps,
+evaluation points, probe sets and measures). :func:`train` runs it and writes a run directory
+through :class:`actid.runs.Run`: ``metrics.csv`` rows, a checkpoint after each evaluation, model
+snapshots if asked, ``done.json`` last.
 
-    run_dir/config.json    resolved configuration (written by the caller)
-    run_dir/metrics.csv    one row per evaluation point: step, losses, accuracies, IDs, LLID, PID
-    run_dir/checkpoint.pt  latest state while the run is unfinished (deleted when it completes)
-    run_dir/done.json      written last: the final row and the wall time (kept out of metrics.csv,
-                           which is identical for identical seeds on CPU)
+At each evaluation the loop computes loss and accuracy on every evaluation split, gathers what the
+due measures need (one forward pass per probe serves every activation measure; when a probe is a
+whole split, during the pass that gives its accuracy) and writes one row (:mod:`actid.schema`).
 
 Speed: the data are tensors on the device and batches are gathered by index, so a step is a
-few kernel launches with no DataLoader. Resume: a checkpoint is written after every
-evaluation row; a restarted run reloads it, keeps exactly the rows up to its step and goes on
-with the same random streams, so an interrupted run ends with the same rows as an
-uninterrupted one.
+few kernel launches with no DataLoader. Resume: the checkpoint holds the model, optimizer, random
+streams and the rows so far; a restarted run restores them (and ``metrics.csv`` from them) and goes
+on, so an interrupted run ends with the same rows as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,17 +31,20 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from actid.capture import capture_activations, llid, peak_id, recording
-from actid.estimators import TwoNN
+from actid import schema
+from actid.capture import capture_activations, eval_mode, recording
+from actid.measures import Evaluation, Measure, Probe, build_measures, build_probes, resolve_measures, resolve_probes
+from actid.runs import Run
 
 
 @dataclass
 class Task:
     """What to train: a model and its data, already on the training device.
 
-    eval_sets maps a split name ('train', 'val') to (inputs, labels). id_split names the split
-    whose activations are measured; id_layers and llid_layer name modules of the model.
+    eval_sets maps a split name ('train', 'val') to (inputs, labels); probes are drawn from them.
+    id_layers and llid_layer name modules of the model (measures with ``layers: model`` use id_layers).
     augment(x, generator) returns an augmented copy of a training batch.
+    loss_fn(logits, labels, reduction='mean') is the training loss (torch.nn.functional style).
     """
 
     model: nn.Module
@@ -53,8 +53,16 @@ class Task:
     eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
     id_layers: list[str] = field(default_factory=list)
     llid_layer: str | None = None
-    id_split: str = "val"
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    loss_fn: Callable = F.cross_entropy
+
+
+def _default_probes() -> dict:
+    return {"val": {"split": "val", "max_points": 0}}
+
+
+def _default_measures() -> dict:
+    return {"id": {}}
 
 
 @dataclass
@@ -67,9 +75,13 @@ class TrainConfig:
         after a linear warmup lr * min(1, (step + 1) / warmup_steps).
     eval_every / eval_log_points: evaluate every k steps, or at this many log-spaced steps
         (step 0 and the last step are always evaluated).
-    id_resamples, id_subsample: the TwoNN protocol (paper: 20 subsets of 90%).
-    id_max_points: cap on the probe set for the ID (a fixed seeded subset, the same at every step);
-        0 keeps the whole split.
+    probes: {name: {split, max_points, seed}}: fixed seeded subsets of evaluation splits
+        (max_points 0: the whole split; seed default: seed + 2).
+    measures: {name: {kind, probe, layers, every, ...}}: what to measure at each evaluation
+        (:mod:`actid.measures`; default: the paper's TwoNN ID of the model's ID layers on ``val``).
+        Both are resolved to every parameter, so ``config.json`` records them all.
+    snapshot_every: keep the model's weights at every k-th evaluation (0: never; the last is
+        included), e.g. to rewind layers later.
     amp: bfloat16 autocast for the training forward pass (weights, optimizer and evaluation stay fp32).
     """
 
@@ -88,9 +100,9 @@ class TrainConfig:
     eval_every: int = 100
     eval_log_points: int = 0
     eval_batch_size: int = 2048
-    id_resamples: int = 20
-    id_subsample: float = 0.9
-    id_max_points: int = 0
+    probes: dict = field(default_factory=_default_probes)
+    measures: dict = field(default_factory=_default_measures)
+    snapshot_every: int = 0
     seed: int = 0
     device: str = "auto"
     amp: bool = False
@@ -102,6 +114,11 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'constant', 'cosine' or 'multistep', got {self.schedule!r}")
         self.betas = tuple(self.betas)
         self.milestones = tuple(self.milestones)
+        self.probes = resolve_probes(self.probes, self.seed)
+        self.measures = resolve_measures(self.measures, self.seed)
+        missing = {name: m["probe"] for name, m in self.measures.items() if m["probe"] not in self.probes}
+        if missing:
+            raise KeyError(f"measure(s) {missing} name probes that are not defined; probes: {sorted(self.probes)}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -167,82 +184,120 @@ class EpochSampler:
         self.order, self.position = state["order"].to(self.device), state["position"]
 
 
-@torch.no_grad()
-def evaluate(task: Task, cfg: TrainConfig, probe_index: torch.Tensor | None) -> dict[str, float]:
-    """Loss and accuracy on every eval split; ID of each tracked layer on the probe split; LLID, PID.
+def _ordered_union(lists) -> list[str]:
+    return list(dict.fromkeys(x for items in lists for x in items))
 
-    When the probe is the whole ID split, its activations are recorded during the same forward
-    pass that gives the accuracy (one pass per split)."""
+
+def probe_sets(task: Task, probes: dict[str, Probe]) -> dict[str, tuple[torch.Tensor, torch.Tensor, bool]]:
+    """{probe: (inputs, labels, whole_split)}: each probe's fixed examples, drawn once per run."""
+    out = {}
+    for name, probe in probes.items():
+        if probe.split not in task.eval_sets:
+            raise KeyError(f"probe {name!r} draws from split {probe.split!r}, which this task does not evaluate; "
+                           f"splits: {sorted(task.eval_sets)}")
+        x, y = task.eval_sets[probe.split]
+        index = probe.index(len(x))
+        out[name] = (x, y, True) if index is None else (x[index.to(x.device)], y[index.to(y.device)], False)
+    return out
+
+
+def evaluate(task: Task, cfg: TrainConfig, measures: list[Measure], probes: dict, step: int, index: int,
+             last: bool) -> dict[str, float]:
+    """Loss and accuracy on every evaluation split, then every due measure (one row's values).
+
+    The activations a probe needs are gathered in one forward pass for all measures: during the
+    accuracy pass of its split when the probe is the whole split, else in one pass over the probe."""
     model = task.model
-    was_training = model.training
-    model.eval()
+    due = [m for m in measures if m.due(index, last)]
+    wanted: dict[str, list[str]] = {}
+    for m in due:
+        if m.needs == "activations":
+            wanted[m.probe] = _ordered_union([wanted.get(m.probe, []), m.layer_names(task.id_layers)])
     row: dict[str, float] = {}
-    acts = None
-    for split, (x, y) in task.eval_sets.items():
-        record = task.id_layers and split == task.id_split and probe_index is None
-        with recording(model, task.id_layers if record else [], store=x.device) as chunks:
-            loss, correct = 0.0, 0
-            for start in range(0, len(x), cfg.eval_batch_size):
-                logits = model(x[start:start + cfg.eval_batch_size]).float()
-                target = y[start:start + cfg.eval_batch_size]
-                loss += float(F.cross_entropy(logits, target, reduction="sum"))
-                correct += int((logits.argmax(1) == target).sum())
-        if record:
-            acts = {name: torch.cat(parts) for name, parts in chunks.items()}
-        row[f"{split}_loss"], row[f"{split}_acc"] = loss / len(x), correct / len(x)
-    model.train(was_training)
-    if task.id_layers:
-        if acts is None:
-            x = task.eval_sets[task.id_split][0]
-            x = x[probe_index] if probe_index is not None else x
-            acts = capture_activations(model, x, task.id_layers, batch_size=cfg.eval_batch_size, keep_on_device=True)
-        ids = {}
-        for name in list(acts):
-            est = TwoNN(n_resamples=cfg.id_resamples, subsample_fraction=cfg.id_subsample, seed=cfg.seed)
-            ids[name] = est.fit(acts.pop(name)).dimension_  # pop: free each layer once measured
-            row[f"id/{name}"], row[f"id_err/{name}"] = est.dimension_, est.error_
-        row["pid"] = peak_id(ids)
-        if task.llid_layer:
-            row["llid"] = llid(ids, task.llid_layer)
+    acts: dict[str, dict[str, torch.Tensor]] = {}
+    with eval_mode(model):
+        with torch.no_grad():
+            for split, (x, y) in task.eval_sets.items():
+                during = [p for p in wanted if probes[p][2] and probe_split(cfg, p) == split]
+                layers = _ordered_union(wanted[p] for p in during)
+                with recording(model, layers, store=x.device, dtype=torch.float32) as chunks:
+                    loss, correct = 0.0, 0
+                    for start in range(0, len(x), cfg.eval_batch_size):
+                        logits = model(x[start:start + cfg.eval_batch_size]).float()
+                        target = y[start:start + cfg.eval_batch_size]
+                        loss += float(task.loss_fn(logits, target, reduction="sum"))
+                        correct += int((logits.argmax(1) == target).sum())
+                for p in during:
+                    acts[p] = {name: torch.cat(chunks[name]) for name in wanted[p]}
+                row[schema.loss(split)], row[schema.acc(split)] = loss / len(x), correct / len(x)
+            for p, layers in wanted.items():
+                if p not in acts:
+                    acts[p] = capture_activations(model, probes[p][0], layers, batch_size=cfg.eval_batch_size,
+                                                  dtype=torch.float32, keep_on_device=True)
+        ev = Evaluation(model=model, step=step, probes={p: v[:2] for p, v in probes.items()}, activations=acts,
+                        loss_fn=task.loss_fn, id_layers=task.id_layers, llid_layer=task.llid_layer)
+        for m in due:
+            row.update(m(ev))
     return row
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def probe_split(cfg: TrainConfig, name: str) -> str:
+    return cfg.probes[name]["split"]
 
 
-def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True,
+def runtime(cfg: TrainConfig, device: torch.device) -> dict:
+    """The facts of where a run trains that change its numbers (see :data:`actid.runs.NUMERICS`)."""
+    return {"device": device.type, "amp": cfg.amp, "threads": torch.get_num_threads() if device.type == "cpu" else None}
+
+
+class ResumeMismatchError(RuntimeError):
+    """An unfinished run would resume on a device or with settings that change its numbers."""
+
+
+def check_resume(run_name: str, recorded: dict | None, current: dict) -> None:
+    """Refuse to resume an unfinished run where its numerics would change, offering the two choices."""
+    if recorded is None or recorded == current:
+        return
+    diff = ", ".join(f"{k} {recorded.get(k)!r} -> {current.get(k)!r}" for k in current if recorded.get(k) != current.get(k))
+    hint = (f"--set device={recorded['device']}" + (f" amp={recorded['amp']}" if recorded.get('amp') != current['amp'] else "")
+            + (f" (and {recorded['threads']} CPU threads, e.g. OMP_NUM_THREADS={recorded['threads']})"
+               if recorded.get("threads") and recorded.get("threads") != current.get("threads") else ""))
+    raise ResumeMismatchError(
+        f"run {run_name} is unfinished and was training with different numerics ({diff}); resuming would mix "
+        f"them in one run. Either resume it as it was started ({hint}), or restart it from step 0 (sweep: --restart "
+        "moves the unfinished run aside first).")
+
+
+def train(task: Task, cfg: TrainConfig, run_dir: str | Path | Run, *, progress: bool | Callable = True,
           stop_after: int | None = None) -> pd.DataFrame:
-    """Train ``task`` under ``cfg``, writing metrics rows to ``run_dir``; resume if a checkpoint exists.
+    """Train ``task`` under ``cfg``, writing rows to ``run_dir``; resume if it holds a checkpoint.
 
+    ``progress``: True for a tqdm bar, False for none, or a callable ``progress(step, total)``.
     ``stop_after`` stops (as if killed) once that step is reached; used to test resuming.
     Returns the metrics table.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path, ckpt_path = run_dir / "metrics.csv", run_dir / "checkpoint.pt"
-    if (run_dir / "done.json").exists():
-        return pd.read_csv(metrics_path)
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    with run.lock():
+        if run.is_finished:
+            return run.read_metrics()
+        return _train_locked(task, cfg, run, progress, stop_after)
 
+
+def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after) -> pd.DataFrame:
     device = resolve_device(cfg.device)
+    measures = build_measures(cfg.measures, cfg.seed)
+    probes = probe_sets(task, build_probes(cfg.probes, cfg.seed))
     torch.manual_seed(cfg.seed)
     model = task.model.to(device).train()
     optimizer = make_optimizer(model, cfg)
     sampler = EpochSampler(len(task.train_x), cfg.batch_size, cfg.seed, task.train_x.device)
     aug_gen = torch.Generator(device=task.train_x.device).manual_seed(cfg.seed + 1)
-    probe_split = task.eval_sets.get(task.id_split, (torch.empty(0),))[0]
-    probe_index = None
-    if cfg.id_max_points and len(probe_split) > cfg.id_max_points:
-        probe_gen = torch.Generator().manual_seed(cfg.seed + 2)
-        probe_index = torch.randperm(len(probe_split), generator=probe_gen)[:cfg.id_max_points].sort().values
-        probe_index = probe_index.to(probe_split.device)
+    now = runtime(cfg, device)
 
     step, rows, elapsed = 0, [], 0.0
-    if ckpt_path.exists():
-        # on the CPU: generator states must stay CPU tensors; load_state_dict moves the rest
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = run.load_checkpoint()
+    if state is not None:
+        check_resume(run.name, state.get("runtime"), now)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
@@ -250,12 +305,22 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, progress: bool =
         torch.set_rng_state(state["cpu_rng"])
         if device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"])
-        step, elapsed = state["step"], state["elapsed"]
-        rows = pd.read_csv(metrics_path).query("step <= @step").to_dict("records")
+        step, elapsed, rows = state["step"], state["elapsed"], state["rows"]
+        expected = [s for s in evaluation_steps(cfg) if s <= step]
+        if [r[schema.STEP] for r in rows] != expected:
+            raise ValueError(f"{run.checkpoint_path} holds rows for steps {[r[schema.STEP] for r in rows]}, not the "
+                             f"evaluation steps {expected} of this config; delete {run.path} to restart the run")
+        run.restore_rows(rows)
+    else:
+        run.set_aside_orphan_rows()
+    if run.config_path.exists():
+        run.record_runtime(now)
 
-    eval_steps = [s for s in evaluation_steps(cfg) if s > step or (s == 0 and not rows)]
+    all_evals = evaluation_steps(cfg)
+    eval_steps = [s for s in all_evals if s > step or (s == 0 and not rows)]
     started = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc=run_dir.name, disable=not progress, leave=False)
+    bar = tqdm(total=cfg.steps, initial=step, desc=run.name, disable=progress is not True, leave=False)
+    report = progress if callable(progress) else None
     for target in eval_steps:
         while step < target:
             for group in optimizer.param_groups:
@@ -265,27 +330,36 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, progress: bool =
             if task.augment is not None:
                 x = task.augment(x, aug_gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                loss = F.cross_entropy(model(x).float(), y)
+                loss = task.loss_fn(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             bar.update(1)
-        row = {"step": step, "learning_rate": cfg.lr * lr_factor(max(step - 1, 0), cfg),
-               **evaluate(task, cfg, probe_index)}
+            if report:
+                report(step, cfg.steps)
+        index, last = all_evals.index(step), step == cfg.steps
+        row = {schema.STEP: step, schema.LEARNING_RATE: cfg.lr * lr_factor(max(step - 1, 0), cfg),
+               **evaluate(task, cfg, measures, probes, step, index, last)}
         rows.append(row)
-        pd.DataFrame(rows).to_csv(metrics_path, index=False)
-        bar.set_postfix({k: round(v, 3) for k, v in row.items() if k in ("train_acc", "val_acc", "llid")})
-        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-                      "aug_generator": aug_gen.get_state(), "cpu_rng": torch.get_rng_state(),
-                      "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None, "step": step,
-                      "elapsed": elapsed + time.perf_counter() - started},
-                     ckpt_path)
-        if stop_after is not None and step >= stop_after and step < cfg.steps:
+        bar.set_postfix({k: round(v, 3) for k, v in row.items() if k in (schema.acc("train"), schema.acc("val"),
+                                                                          schema.LLID)})
+        if cfg.snapshot_every and (index % cfg.snapshot_every == 0 or last):
+            run.save_snapshot(step, model.state_dict())
+        seconds = elapsed + time.perf_counter() - started
+        # the checkpoint (which holds the rows) first: a kill between the two leaves metrics.csv one row short,
+        # which a resume restores from the checkpoint
+        run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "sampler": sampler.state_dict(), "aug_generator": aug_gen.get_state(),
+                             "cpu_rng": torch.get_rng_state(),
+                             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                             "step": step, "elapsed": seconds, "rows": rows, "runtime": now})
+        if last:
+            break
+        run.write_rows(rows)
+        if stop_after is not None and step >= stop_after:
             bar.close()
             return pd.DataFrame(rows)
     bar.close()
-    seconds = elapsed + time.perf_counter() - started
-    (run_dir / "done.json").write_text(json.dumps({"final": rows[-1], "train_seconds": round(seconds, 2)}, indent=1))
-    ckpt_path.unlink(missing_ok=True)
+    run.finish(rows, elapsed + time.perf_counter() - started)
     return pd.DataFrame(rows)

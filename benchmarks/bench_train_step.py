@@ -56,8 +56,7 @@ def actid_ms(config: dict, steps: int) -> float:
     """(time of a run of 10 + steps steps - time of a run of 10 steps) / steps: start-up and the
     evaluations at the first and last step cancel out."""
     def run_seconds(n: int, directory: str) -> float:
-        task, train_cfg = build({**config, "steps": n, "eval_every": 10**9, "id_resamples": 0})
-        task.id_layers = []
+        task, train_cfg = build({**config, "steps": n, "eval_every": 10**9, "measures": {}})
         sync(task.train_x.device)
         start = time.perf_counter()
         train(task, train_cfg, directory, progress=False)

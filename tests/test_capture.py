@@ -79,3 +79,36 @@ def test_layer_ids_and_the_llid_pid_definitions():
     assert peak_id(dims) == max(dims.values()) == dims["0"]  # PID: the maximum over layers
     with pytest.raises(KeyError, match="LLID layer 'fc' was not measured"):
         llid(dims, "fc")
+
+
+def test_a_module_run_twice_per_forward_is_refused_by_name():
+    from torchvision.models.resnet import BasicBlock
+    block = BasicBlock(4, 4).eval()  # its relu runs twice per forward
+    x = torch.randn(6, 4, 8, 8)
+    with pytest.raises(RuntimeError, match=r"layer 'relu' ran 2 times in one forward pass of BasicBlock"):
+        capture_activations(block, x, ["relu"])
+    assert capture_activations(block, x, ["bn2", ""])["bn2"].shape == (6, 4 * 8 * 8)  # modules run once are fine
+    assert not block._forward_hooks and not block.relu._forward_hooks and not block._forward_pre_hooks
+
+
+def test_layer_names_must_be_strings_and_the_error_says_how():
+    model = small_cnn()
+    with pytest.raises(TypeError, match=r"pass \['3'\]"):
+        capture_activations(model, torch.randn(4, 1, 12, 12), [3])
+
+
+def test_float64_input_with_a_large_offset_is_centred_before_the_float32_search():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2000, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 20, generator=g, dtype=torch.float64)
+    X = 1e-3 * X
+    plain = TwoNN().fit(X).dimension_
+    shifted = TwoNN().fit(X + 1e4).dimension_
+    assert shifted == pytest.approx(plain, rel=0.01)
+    assert plain == pytest.approx(5, rel=0.1)
+
+
+def test_capture_keeps_each_submodules_own_mode():
+    model = small_cnn().train()
+    model[2].eval()  # a user froze this dropout
+    capture_activations(model, torch.randn(4, 1, 12, 12), ["1"])
+    assert model.training and model[0].training and not model[2].training

@@ -17,7 +17,7 @@ from actid.paths import ROOT
 from actid.train import TrainConfig, evaluation_steps, lr_factor, train
 
 TINY = {"p": 13, "train_fraction": 0.5, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32,
-        "steps": 12, "eval_every": 4, "id_resamples": 3, "device": "cpu"}
+        "steps": 12, "eval_every": 4, "measures": {"id": {"options": {"n_resamples": 3}}}, "device": "cpu"}
 
 
 def test_division_labels_are_a_times_b_inverse_mod_p():

@@ -14,7 +14,7 @@ from actid.analysis import final_rows, over_regularization_threshold, pearson, r
 from actid.data.images import write_fake_cifar
 from actid.experiments.regularization import RECIPES, build, prepare, resolve
 from actid.paths import ROOT
-from actid.runs import load_runs, write_config
+from actid.runs import Run, load_runs
 from actid.sweep import run_sweep, sweep_points
 from actid.train import lr_factor, train
 
@@ -26,7 +26,8 @@ def test_recipes_are_written_out_in_the_resolved_config():
     assert (c100["optimizer"], c100["lr"], c100["momentum"], c100["batch_size"], c100["epochs"]) == ("sgd", 0.1, 0.9, 128, 200)
     assert (c100["schedule"], c100["milestone_epochs"], c100["gamma"], c100["rotate_degrees"]) == ("multistep", [60, 120, 160], 0.2, 15.0)
     assert (c10["dataset"], c10["schedule"], c10["rotate_degrees"], c10["flip"]) == ("cifar10", "cosine", 0.0, True)
-    assert c100["id_max_points"] == 0 and c100["id_resamples"] == 20  # whole validation split, paper protocol
+    # the paper's protocol: TwoNN 20 x 90% on the whole validation split
+    assert c100["probes"]["val"]["max_points"] == 0 and c100["measures"]["id"]["options"]["n_resamples"] == 20
     # the official cifar10_id config (pitfall P4) is an override away, and the override is recorded
     p4 = resolve({"recipe": "cifar100", "dataset": "cifar10"})
     assert p4["dataset"] == "cifar10" and p4["schedule"] == "multistep"
@@ -54,7 +55,7 @@ def fake_cifar(tmp_path_factory):
 
 def tiny(fake_cifar, **kw):
     return {"recipe": "cifar100", "data_dir": str(fake_cifar), "verify_md5": False, "width": 2, "epochs": 2,
-            "milestone_epochs": [1], "batch_size": 32, "id_resamples": 3, "device": "cpu", **kw}
+            "milestone_epochs": [1], "batch_size": 32, "measures": {"id": {"options": {"n_resamples": 3}}}, "device": "cpu", **kw}
 
 
 def test_build_turns_epochs_into_steps(fake_cifar):
@@ -76,7 +77,7 @@ def test_prepare_uses_present_files_and_names_the_folder_when_offline(fake_cifar
 
 def test_one_epoch_run_writes_a_valid_run(fake_cifar, tmp_path):
     config = resolve(tiny(fake_cifar, epochs=1, weight_decay=5e-4, dropout=0.1))
-    write_config(tmp_path / "run", config, {"experiment": "regularization", "profile": "test"})
+    Run(tmp_path / "run").write_config(config, {"experiment": "regularization", "profile": "test"})
     task, cfg = build(config)
     metrics = train(task, cfg, tmp_path / "run", progress=False)
     assert list(metrics["step"]) == [0, 3]
@@ -130,10 +131,9 @@ def write_synthetic_sweep(root):
     for w, q, llid, pid, acc in rows:
         config = resolve({"recipe": "mnist5k", "weight_decay": w, "dropout": q})
         run = root / f"weight_decay={w},dropout={q}"
-        write_config(run, config, {"experiment": "regularization", "profile": "synthetic"})
-        pd.DataFrame({"step": [0, 100], "val_acc": [0.1, acc], "llid": [12.0, llid], "pid": [15.0, pid]}).to_csv(
-            run / "metrics.csv", index=False)
-        (run / "done.json").write_text("{}")
+        Run(run).write_config(config, {"experiment": "regularization", "profile": "synthetic"})
+        Run(run).finish([{"step": 0, "val_acc": 0.1, "llid": 12.0, "pid": 15.0},
+                         {"step": 100, "val_acc": acc, "llid": llid, "pid": pid}], train_seconds=1.0)
     return rows
 
 

@@ -51,5 +51,5 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
                         mlp_hidden=arch.mlp_hidden, dropout=arch.dropout, max_len=tokens.shape[1]).to(device)
     task = Task(model=model, train_x=tokens[train_idx], train_y=labels[train_idx],
                 eval_sets={"train": (tokens[train_idx], labels[train_idx]), "val": (tokens[val_idx], labels[val_idx])},
-                id_layers=model.id_layers, llid_layer=model.llid_layer, id_split="val")
+                id_layers=model.id_layers, llid_layer=model.llid_layer)
     return task, train_cfg

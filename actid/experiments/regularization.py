@@ -7,8 +7,8 @@ config, so ``config.json`` states the whole recipe and any key can still be over
 ``cifar10_id`` config, for instance, is CIFAR-10 data under the CIFAR-100 schedule and rotation: pitfall P4).
 
 Lengths are in epochs (``epochs``, ``eval_every_epochs``, ``milestone_epochs``); :func:`build` turns
-them into optimizer steps from the training-set size. The IDs of the six layers are measured on the
-whole validation split at every evaluation (``id_max_points`` 0), once per evaluation point.
+them into optimizer steps from the training-set size. By default the IDs of the six layers are measured on the
+whole validation split at every evaluation (TrainConfig's default probe and measure).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from actid.paths import resolve as resolve_path
 from actid.train import Task, TrainConfig, resolve_device
 
 _OFFICIAL = dict(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=128, weight_decay=5e-4, epochs=200,
-                 crop_padding=4, flip=True, id_max_points=0, id_resamples=20, id_subsample=0.9)
+                 crop_padding=4, flip=True)
 RECIPES = {
     "cifar100": dict(_OFFICIAL, dataset="cifar100", schedule="multistep", milestone_epochs=[60, 120, 160],
                      gamma=0.2, rotate_degrees=15.0),
@@ -104,5 +104,5 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
     augment = DeviceAugment(crop_padding=setup.crop_padding, flip=setup.flip, rotate_degrees=setup.rotate_degrees,
                             fill=data.fill)
     task = Task(model=model, train_x=data.train_x, train_y=data.train_y, eval_sets=eval_sets,
-                id_layers=model.id_layers, llid_layer=model.llid_layer, id_split="val", augment=augment)
+                id_layers=model.id_layers, llid_layer=model.llid_layer, augment=augment)
     return task, train_cfg

@@ -1,0 +1,42 @@
+"""Measures of representations and weights, as plain functions and as plug-ins for the training loop.
+
+Plain functions (any tensors, any model)::
+
+    alignment(vectors, labels=None)                      Mehta et al.'s Omega (in-class with labels)
+    gradient_alignment(model, inputs, labels, loss_fn)   in-class Omega of per-example gradients
+    activation_sparsity(activations, threshold)          Golechha: fraction of entries below threshold
+    weight_entropy(weight)                               Golechha: -sum |w| log |w|
+    local_circuit_complexity(model, layer, inputs)       Golechha: KL after zeroing 10% of a layer
+    participation_ratio(activations)                     (sum lambda)^2 / sum lambda^2 of the covariance
+    weight_norms(model)                                  L2 norm per tensor and in total
+
+Plug-ins (:mod:`actid.measures.base`): in ``params.yaml`` a run lists ``measures: {name: {kind, ...}}``
+(``kind`` defaults to the name); :data:`REGISTRY` maps each kind to its class:
+
+=========================  ===========  ================================================
+kind                       needs        columns
+=========================  ===========  ================================================
+id                         activations  id/<layer>, id_err/<layer>, llid, pid
+participation_ratio        activations  participation_ratio/<layer>
+sparsity                   activations  sparsity/<layer>   (``threshold`` required)
+representation_alignment   activations  representation_alignment/<layer> (in-class)
+gradient_alignment         model        gradient_alignment/<param>, gradient_alignment/logits
+circuit_complexity         model        circuit_complexity/<layer>  (``layers`` required)
+weight_entropy             weights      weight_entropy/<param>, weight_entropy/total
+weight_norm                weights      weight_norm/<param>, weight_norm/total
+=========================  ===========  ================================================
+"""
+
+from actid.measures.alignment import GradientAlignment, RepresentationAlignment, alignment, gradient_alignment
+from actid.measures.base import (REGISTRY, Evaluation, Measure, Probe, build_measure, build_measures, build_probes,
+                                 register, resolve_measures, resolve_probes)
+from actid.measures.intrinsic import IntrinsicDimension, SkdimEstimator
+from actid.measures.linear import ParticipationRatio, participation_ratio
+from actid.measures.progress import (CircuitComplexity, Sparsity, WeightEntropy, WeightNorm, activation_sparsity,
+                                     local_circuit_complexity, weight_entropies, weight_entropy, weight_norms)
+
+__all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "Measure",
+           "ParticipationRatio", "Probe", "RepresentationAlignment", "SkdimEstimator", "Sparsity", "WeightEntropy",
+           "WeightNorm", "activation_sparsity", "alignment", "build_measure", "build_measures", "build_probes",
+           "gradient_alignment", "local_circuit_complexity", "participation_ratio", "register", "resolve_measures",
+           "resolve_probes", "weight_entropies", "weight_entropy", "weight_norms"]

@@ -1,0 +1,156 @@
+"""The plug-in protocol: what a measure needs, when it runs, and how its parameters are recorded.
+
+A measure is a small keyword-only dataclass whose fields are its parameters (all of them land in a
+run's ``config.json``) and whose ``__call__(evaluation)`` returns named scalars. It declares what it
+needs, so the training loop gathers each input once per evaluation:
+
+* ``"activations"``: the outputs of ``layers`` on ``probe`` (one forward pass serves every measure);
+* ``"model"``: the model itself and the probe's inputs and labels (gradients, perturbations);
+* ``"weights"``: the parameters only.
+
+A **probe** is a fixed, seeded subset of a named evaluation split (the same examples at every
+evaluation, so curves over training are comparable). Measures run with the model in eval mode and
+leave every submodule's mode as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from actid import schema
+
+MODEL_LAYERS = "model"
+"""``layers: model`` means the layers the model names itself (``model.id_layers``)."""
+
+
+@dataclass(kw_only=True)
+class Probe:
+    """A fixed subset of an evaluation split: ``max_points`` examples drawn with ``seed`` (0: all)."""
+
+    split: str = "val"
+    max_points: int = 0
+    seed: int | None = None  # None: the run's seed + 2 (resolved into config.json)
+
+    def index(self, n: int) -> torch.Tensor | None:
+        """Sorted indices of the subset of a split of ``n`` examples, or None for the whole split."""
+        if not self.max_points or n <= self.max_points:
+            return None
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(n, generator=gen)[:self.max_points].sort().values
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation offers the measures (gathered once, shared by all of them)."""
+
+    model: nn.Module
+    step: int
+    probes: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (inputs, labels)
+    activations: dict[str, dict[str, torch.Tensor]]  # probe -> layer -> (n, features)
+    loss_fn: Callable = torch.nn.functional.cross_entropy
+    id_layers: list[str] = field(default_factory=list)
+    llid_layer: str | None = None
+
+
+@dataclass(kw_only=True)
+class Measure:
+    """Base of every measure. ``name`` is its column prefix (``<name>/<key>``)."""
+
+    kind: ClassVar[str] = ""
+    needs: ClassVar[str] = "activations"
+
+    name: str = ""
+    probe: str = "val"
+    layers: list[str] | str = MODEL_LAYERS
+    every: int = 1  # run at every k-th evaluation (the first and the last always)
+
+    def __post_init__(self):
+        self.name = self.name or self.kind
+        schema.column(self.name)  # validates the name
+        if not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"measure {self.name!r}: every must be a positive integer, got {self.every!r}")
+        if isinstance(self.layers, list):
+            bad = [x for x in self.layers if not isinstance(x, str)]
+            if bad:
+                raise TypeError(f"measure {self.name!r}: layer names must be strings, got {bad!r}; "
+                                f"write them as {[str(x) for x in bad]!r}")
+        elif self.layers != MODEL_LAYERS:
+            raise ValueError(f"measure {self.name!r}: layers must be a list of module names or {MODEL_LAYERS!r}, "
+                             f"got {self.layers!r}")
+
+    def params(self) -> dict:
+        """Every parameter, for ``config.json`` (``kind`` included, so it can be rebuilt)."""
+        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                      if f.name != "name"}}
+
+    def due(self, index: int, last: bool) -> bool:
+        """Whether the measure runs at the ``index``-th evaluation."""
+        return last or index % self.every == 0
+
+    def layer_names(self, evaluation_or_ids) -> list[str]:
+        ids = evaluation_or_ids.id_layers if isinstance(evaluation_or_ids, Evaluation) else evaluation_or_ids
+        return list(ids) if self.layers == MODEL_LAYERS else list(self.layers)
+
+    def __call__(self, ev: Evaluation) -> dict[str, float]:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Measure]] = {}
+
+
+def register(cls: type[Measure]) -> type[Measure]:
+    """Class decorator: make a measure available by its ``kind`` in params.yaml."""
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def build_measure(name: str, params: dict | None, seed: int = 0) -> Measure:
+    """A measure from its params.yaml entry: ``kind`` (default: the name) plus its parameters."""
+    params = dict(params or {})
+    kind = params.pop("kind", name)
+    if kind not in REGISTRY:
+        raise KeyError(f"unknown measure kind {kind!r} (measure {name!r}); known: {sorted(REGISTRY)}")
+    cls = REGISTRY[kind]
+    known = {f.name for f in dataclasses.fields(cls)} - {"name"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise KeyError(f"measure {name!r} ({kind}) has no parameter(s) {unknown}; its parameters: {sorted(known)}")
+    if "seed" in known and params.get("seed") is None:
+        params["seed"] = seed
+    try:
+        return cls(name=name, **params)
+    except TypeError as err:  # a required parameter is missing
+        raise TypeError(f"measure {name!r} ({kind}): {err}") from None
+
+
+def build_measures(spec: dict | None, seed: int = 0) -> list[Measure]:
+    """Measures from a ``{name: params}`` mapping, in order."""
+    return [build_measure(name, params, seed) for name, params in (spec or {}).items()]
+
+
+def resolve_measures(spec: dict | None, seed: int = 0) -> dict:
+    """``{name: every parameter}``: what a run's ``config.json`` records."""
+    return {m.name: m.params() for m in build_measures(spec, seed)}
+
+
+def build_probes(spec: dict | None, seed: int = 0) -> dict[str, Probe]:
+    probes = {}
+    for name, params in (spec or {}).items():
+        params = dict(params or {})
+        unknown = sorted(set(params) - {f.name for f in dataclasses.fields(Probe)})
+        if unknown:
+            raise KeyError(f"probe {name!r} has no parameter(s) {unknown}; its parameters: split, max_points, seed")
+        if params.get("seed") is None:
+            params["seed"] = seed + 2
+        probes[name] = Probe(**params)
+    return probes
+
+
+def resolve_probes(spec: dict | None, seed: int = 0) -> dict:
+    return {name: dataclasses.asdict(p) for name, p in build_probes(spec, seed).items()}

@@ -1,0 +1,100 @@
+"""Intrinsic dimension of layer activations as a measure: per-layer ID, LLID and PID.
+
+The estimators live in :mod:`actid.estimators` (TwoNN, MLE, GRIDE); any scikit-dimension estimator
+(``skdim.id.*``, sklearn-style ``fit`` and ``dimension_``) can be used through :class:`SkdimEstimator`
+(``pip install actid[skdim]``), e.g. ``estimator: skdim.MLE``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from actid import schema
+from actid.capture import llid, peak_id
+from actid.estimators import ESTIMATORS
+from actid.measures.base import Evaluation, Measure, register
+
+TWONN_PAPER = {"n_resamples": 20, "subsample_fraction": 0.9}
+"""The paper's TwoNN protocol (mean and std over 20 random subsets of 90% of the points)."""
+
+
+class SkdimEstimator:
+    """Adapter: a scikit-dimension estimator class used like actid's (``fit(X).dimension_``).
+
+    ``error_`` is NaN (scikit-dimension gives no error for a global fit)."""
+
+    def __init__(self, name: str, **params):
+        try:
+            import skdim
+        except ImportError:
+            raise ImportError("estimator 'skdim.*' needs scikit-dimension: pip install 'actid[skdim]'") from None
+        if not hasattr(skdim.id, name):
+            raise KeyError(f"scikit-dimension has no estimator {name!r}; see skdim.id (e.g. MLE, TwoNN, lPCA, DANCo)")
+        self.estimator = getattr(skdim.id, name)(**params)
+
+    def get_params(self) -> dict:
+        return self.estimator.get_params()
+
+    def fit(self, X, device=None):
+        X = X.detach().cpu().double().numpy() if isinstance(X, torch.Tensor) else np.asarray(X, float)
+        self.dimension_ = float(self.estimator.fit(X.reshape(len(X), -1)).dimension_)
+        self.error_ = float("nan")
+        return self
+
+
+def make_estimator(estimator: str, options: dict):
+    """An estimator object from its name ('twonn', 'mle', 'gride' or 'skdim.<Class>') and options."""
+    if estimator.startswith("skdim."):
+        return SkdimEstimator(estimator.removeprefix("skdim."), **options)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)} or 'skdim.<Class>'")
+    return ESTIMATORS[estimator](**options)
+
+
+def estimator_params(estimator: str, options: dict) -> dict:
+    """Every constructor parameter of the estimator, defaults filled in (recorded in config.json)."""
+    est = make_estimator(estimator, options)
+    if isinstance(est, SkdimEstimator):
+        return est.get_params()
+    names = inspect.signature(type(est).__init__).parameters
+    return {k: getattr(est, k) for k in names if k != "self"}
+
+
+@register
+@dataclass(kw_only=True)
+class IntrinsicDimension(Measure):
+    """ID of each layer's activations on the probe (columns ``<name>/<layer>``, ``<name>_err/<layer>``),
+    and, for the measure named ``id``, the LLID (the model's ``llid_layer``) and the PID (maximum over
+    the layers); another name gives ``<name>/llid`` and ``<name>/pid``. ``seed`` seeds the resampling."""
+
+    kind = "id"
+    needs = "activations"
+
+    estimator: str = "twonn"
+    options: dict = field(default_factory=lambda: dict(TWONN_PAPER))
+    seed: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        options = dict(self.options)
+        if "seed" in inspect.signature(ESTIMATORS.get(self.estimator, object).__init__).parameters:
+            options.setdefault("seed", self.seed)
+        self.options = estimator_params(self.estimator, options)
+
+    def __call__(self, ev: Evaluation) -> dict[str, float]:
+        acts = ev.activations[self.probe]
+        row, ids = {}, {}
+        for layer in self.layer_names(ev):
+            est = make_estimator(self.estimator, self.options).fit(acts[layer])
+            ids[layer] = est.dimension_
+            row[schema.column(self.name, layer)] = est.dimension_
+            row[schema.column(f"{self.name}_err", layer)] = est.error_
+        named = self.name == schema.ID
+        row[schema.PID if named else schema.column(self.name, schema.PID)] = peak_id(ids)
+        if ev.llid_layer and ev.llid_layer in ids:
+            row[schema.LLID if named else schema.column(self.name, schema.LLID)] = llid(ids, ev.llid_layer)
+        return row

@@ -1,0 +1,69 @@
+"""Linear (second-order) dimension measures of activations.
+
+Participation ratio (Gao et al. 2017; Recanatesi et al. 2022): PR = (sum lambda)^2 / sum lambda^2 over the
+eigenvalues of the covariance of the activations; it runs from 1 (one direction) to D (isotropic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from actid import schema
+from actid.measures.base import Evaluation, Measure, register
+
+
+def _as_rows(activations, name: str = "activations") -> torch.Tensor:
+    """Validate activations and return them as a float64 (n_examples, n_features) tensor."""
+    if isinstance(activations, np.ndarray):
+        activations = torch.from_numpy(activations)
+    if not isinstance(activations, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(activations).__name__}")
+    if activations.is_complex():
+        raise TypeError(f"{name} must be real, got dtype {activations.dtype}")
+    if activations.ndim < 1:
+        raise ValueError(f"{name} must have a leading example dimension, got a 0-d tensor")
+    X = activations.detach().reshape(activations.shape[0], -1).to(torch.float64)
+    if not torch.isfinite(X).all():
+        raise ValueError(f"{name} contain NaN or Inf; remove or fix those examples first")
+    return X
+
+
+def participation_ratio(activations) -> float:
+    """Participation ratio (sum lambda)^2 / sum lambda^2 of the covariance of the rows, in float64.
+
+    Rows are examples (each flattened to a vector); the data are centred. No eigendecomposition is
+    needed: sum lambda = trace(C) and sum lambda^2 = ||C||_F^2. When there are fewer rows than features
+    the n x n Gram matrix of the centred data is used instead of the D x D covariance (same nonzero
+    eigenvalues); the 1/(n-1) normalisation cancels in the ratio.
+    """
+    X = _as_rows(activations)
+    n, D = X.shape
+    if n < 2:
+        raise ValueError(f"participation_ratio needs at least 2 examples to form a covariance, got {n}")
+    Xc = X - X.mean(dim=0, keepdim=True)
+    M = Xc @ Xc.T if n < D else Xc.T @ Xc   # Gram or scatter matrix: same nonzero spectrum
+    trace = torch.diagonal(M).sum()
+    frob2 = (M * M).sum()
+    if frob2 == 0:
+        raise ValueError("participation_ratio is undefined: all examples are identical (zero covariance)")
+    return float(trace * trace / frob2)
+
+
+# --- plug-in for the training loop (see actid.measures.base) -----------------------------------------
+
+
+
+@register
+@dataclass(kw_only=True)
+class ParticipationRatio(Measure):
+    """Participation ratio of each layer's activations on the probe: ``participation_ratio/<layer>``."""
+
+    kind = "participation_ratio"
+    needs = "activations"
+
+    def __call__(self, ev: Evaluation) -> dict[str, float]:
+        acts = ev.activations[self.probe]
+        return {schema.column(self.name, layer): participation_ratio(acts[layer]) for layer in self.layer_names(ev)}
