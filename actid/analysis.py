@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from actid.schema import LLID, PID, STEP, acc
+
+VAL_ACC, TRAIN_ACC = acc("val"), acc("train")
+
 
 def first_crossing(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
     """First step at which ``values`` reaches ``threshold`` (NaN if never)."""
@@ -22,7 +26,7 @@ def steepest_drop(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
 
 
 def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: float = 0.99,
-                     id_column: str = "llid") -> dict:
+                     id_column: str = LLID) -> dict:
     """Grokking statistics of one run (rows sorted by step).
 
     memorization_step: first step with train accuracy >= ``memorized``.
@@ -32,10 +36,10 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
         not the grokking drop; a run that never memorizes is searched from its second point).
     lag_steps: llid_drop_step - grok_step (negative: the ID drops first).
     """
-    run = run.sort_values("step")
-    steps = run["step"].to_numpy(float)
-    grok = first_crossing(steps, run["val_acc"].to_numpy(), grok_threshold)
-    memorization = first_crossing(steps, run["train_acc"].to_numpy(), memorized)
+    run = run.sort_values(STEP)
+    steps = run[STEP].to_numpy(float)
+    grok = first_crossing(steps, run[VAL_ACC].to_numpy(), grok_threshold)
+    memorization = first_crossing(steps, run[TRAIN_ACC].to_numpy(), memorized)
     after = steps >= (memorization if np.isfinite(memorization) else steps[1])
     if after.sum() < 2:
         after[-2:] = True
@@ -44,7 +48,7 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
         "memorization_step": memorization,
         "grok_step": grok,
         "grokked": bool(np.isfinite(grok)),
-        "final_val_acc": float(run["val_acc"].iloc[-1]),
+        "final_val_acc": float(run[VAL_ACC].iloc[-1]),
         "llid_drop_step": drop_step,
         "llid_drop_per_1k_steps": drop_rate,
         "lag_steps": drop_step - grok,
@@ -67,10 +71,10 @@ def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: its last evaluation, with ``regularizer`` and ``strength`` (WD or p) columns.
 
     Unfinished runs are kept but flagged (``finished`` False) so a figure can say it is partial."""
-    last = runs.sort_values("step").groupby("run").tail(1).copy()
+    last = runs.sort_values(STEP).groupby("run").tail(1).copy()
     last["regularizer"] = [regularizer(w, p) for w, p in zip(last["weight_decay"], last["dropout"])]
     last["strength"] = np.where(last["regularizer"] == "weight_decay", last["weight_decay"], last["dropout"])
-    last["pid_over_llid"] = last["pid"] / last["llid"]
+    last["pid_over_llid"] = last[PID] / last[LLID]
     return last.set_index("run").sort_values(["dataset", "regularizer", "strength"])
 
 

@@ -41,6 +41,9 @@ import numpy as np
 from actid.analysis import final_rows, over_regularization_threshold, pearson
 from actid.paths import resolve
 from actid.runs import load_runs
+from actid.schema import LLID, PID, acc
+
+VAL_ACC = acc("val")
 
 PAPER_R = {("cifar100", "weight_decay"): -0.88, ("cifar100", "dropout"): -0.87,
            ("cifar10", "weight_decay"): -0.77, ("cifar10", "dropout"): -0.99}
@@ -52,7 +55,7 @@ final = final[final["regularizer"] != "both"]
 out = resolve(out_dir)
 out.mkdir(parents=True, exist_ok=True)
 print(f"{len(final)} runs ({(~final['finished']).sum()} unfinished) from {resolve(runs_dir)}")
-final[["dataset", "regularizer", "strength", "llid", "pid", "val_acc", "finished"]]
+final[["dataset", "regularizer", "strength", LLID, PID, VAL_ACC, "finished"]]
 
 # %%
 panels = [(d, r) for d in final["dataset"].unique() for r in ("weight_decay", "dropout")
@@ -61,13 +64,13 @@ fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squee
 metrics = {}
 for ax, (dataset, reg) in zip(axes[0], panels):
     runs = final[(final["dataset"] == dataset) & (final["regularizer"] == reg)]
-    r, p, n = pearson(runs["strength"], runs["llid"])
+    r, p, n = pearson(runs["strength"], runs[LLID])
     paper = PAPER_R.get((dataset, reg))
     metrics[f"{dataset}/{reg}"] = {"r": r, "p": p, "n": n, "paper_r": paper,
                                    "sign_agrees_with_paper": None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper))}
-    over = runs["strength"] > over_regularization_threshold(runs["strength"], runs["val_acc"], tolerance)
-    ax.scatter(runs.loc[~over, "strength"], runs.loc[~over, "llid"], **STYLE[reg])
-    ax.scatter(runs.loc[over, "strength"], runs.loc[over, "llid"], marker=STYLE[reg]["marker"], s=40,
+    over = runs["strength"] > over_regularization_threshold(runs["strength"], runs[VAL_ACC], tolerance)
+    ax.scatter(runs.loc[~over, "strength"], runs.loc[~over, LLID], **STYLE[reg])
+    ax.scatter(runs.loc[over, "strength"], runs.loc[over, LLID], marker=STYLE[reg]["marker"], s=40,
                facecolors="none", edgecolors=STYLE[reg]["color"])
     ax.set_title(f"{dataset}, {STYLE[reg]['label']}\nr = {r:.2f}, p = {p:.2g}, n = {n}", fontsize=9)
     ax.set_xlabel(STYLE[reg]["label"])

@@ -46,6 +46,9 @@ import numpy as np
 from actid.analysis import final_rows, over_regularization_threshold, pearson
 from actid.paths import resolve
 from actid.runs import load_runs
+from actid.schema import LLID, PID, acc
+
+VAL_ACC = acc("val")
 
 PAPER_R = {"cifar100": 0.92, "cifar10": 0.96}
 fixed_cut = {"weight_decay": max_weight_decay, "dropout": max_dropout}
@@ -58,10 +61,10 @@ cuts = {}
 for (dataset, reg), runs in final.groupby(["dataset", "regularizer"]):
     cut = fixed_cut[reg]
     cuts[(dataset, reg)] = float(cut) if cut is not None else over_regularization_threshold(
-        runs["strength"], runs["val_acc"], tolerance)
+        runs["strength"], runs[VAL_ACC], tolerance)
 final["kept"] = [s <= cuts[(d, r)] for d, r, s in zip(final["dataset"], final["regularizer"], final["strength"])]
 print("cut per panel (runs at or below are kept):", {f"{d}/{r}": c for (d, r), c in cuts.items()})
-final[["dataset", "regularizer", "strength", "pid", "llid", "pid_over_llid", "val_acc", "kept"]]
+final[["dataset", "regularizer", "strength", PID, LLID, "pid_over_llid", VAL_ACC, "kept"]]
 
 # %%
 datasets = list(final["dataset"].unique())
@@ -69,18 +72,18 @@ fig, axes = plt.subplots(1, len(datasets), figsize=(6.0 * len(datasets), 4.0), s
 metrics = {}
 for ax, dataset in zip(axes[0], datasets):
     kept = final[(final["dataset"] == dataset) & final["kept"]]
-    r, p, n = pearson(kept["pid_over_llid"], kept["val_acc"])
+    r, p, n = pearson(kept["pid_over_llid"], kept[VAL_ACC])
     paper = PAPER_R.get(dataset)
     metrics[dataset] = {"r": r, "p": p, "n": n, "paper_r": paper,
                         "sign_agrees_with_paper": None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper)),
                         "cut": {reg: cuts.get((dataset, reg)) for reg in ("weight_decay", "dropout")}}
     wd, dp = kept[kept["regularizer"] == "weight_decay"], kept[kept["regularizer"] == "dropout"]
     if len(wd):
-        sc = ax.scatter(wd["pid_over_llid"], wd["val_acc"], c=np.log10(wd["strength"]), cmap="Reds", marker="o",
+        sc = ax.scatter(wd["pid_over_llid"], wd[VAL_ACC], c=np.log10(wd["strength"]), cmap="Reds", marker="o",
                         edgecolor="k", linewidth=0.4)
         fig.colorbar(sc, ax=ax, label="log10 weight decay (o)", pad=0.01)
     if len(dp):
-        sc = ax.scatter(dp["pid_over_llid"], dp["val_acc"], c=dp["strength"], cmap="Oranges", marker="X",
+        sc = ax.scatter(dp["pid_over_llid"], dp[VAL_ACC], c=dp["strength"], cmap="Oranges", marker="X",
                         edgecolor="k", linewidth=0.4, vmin=0)
         fig.colorbar(sc, ax=ax, label="dropout p (x)", pad=0.01)
     ax.set_title(f"{dataset}: r = {r:.2f}, p = {p:.2g}, n = {n}", fontsize=9)

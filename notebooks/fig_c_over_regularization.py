@@ -44,13 +44,16 @@ import numpy as np
 from actid.analysis import final_rows, over_regularization_threshold
 from actid.paths import resolve
 from actid.runs import load_runs
+from actid.schema import LLID, PID, acc
+
+VAL_ACC = acc("val")
 
 final = final_rows(load_runs(resolve(runs_dir)))
 final = final[final["regularizer"] != "both"]
 out = resolve(out_dir)
 out.mkdir(parents=True, exist_ok=True)
 datasets = list(final["dataset"].unique())
-final[["dataset", "regularizer", "strength", "pid", "llid", "val_acc", "finished"]]
+final[["dataset", "regularizer", "strength", PID, LLID, VAL_ACC, "finished"]]
 
 # %%
 LABEL = {"weight_decay": "weight decay", "dropout": "dropout p"}
@@ -62,18 +65,18 @@ for row, dataset in zip(axes, datasets):
         if runs.empty:
             ax.set_visible(False)
             continue
-        threshold = over_regularization_threshold(runs["strength"], runs["val_acc"], tolerance)
+        threshold = over_regularization_threshold(runs["strength"], runs[VAL_ACC], tolerance)
         over = runs["strength"] > threshold
-        ratio = (runs.loc[over, "pid"].median() / runs.loc[~over, "pid"].median()) if over.any() else None
+        ratio = (runs.loc[over, PID].median() / runs.loc[~over, PID].median()) if over.any() else None
         metrics[f"{dataset}/{reg}"] = {
-            "threshold": threshold, "best_val_acc": float(runs["val_acc"].max()), "tolerance": tolerance,
+            "threshold": threshold, "best_val_acc": float(runs[VAL_ACC].max()), "tolerance": tolerance,
             "n_runs": int(len(runs)), "n_over_regularized": int(over.sum()),
-            "median_pid_rest": float(runs.loc[~over, "pid"].median()),
-            "median_pid_over_regularized": float(runs.loc[over, "pid"].median()) if over.any() else None,
+            "median_pid_rest": float(runs.loc[~over, PID].median()),
+            "median_pid_over_regularized": float(runs.loc[over, PID].median()) if over.any() else None,
             "pid_over_regularized_vs_rest": float(ratio) if ratio is not None else None,
-            "median_val_acc_over_regularized": float(runs.loc[over, "val_acc"].median()) if over.any() else None,
+            "median_val_acc_over_regularized": float(runs.loc[over, VAL_ACC].median()) if over.any() else None,
         }
-        sc = ax.scatter(runs["strength"], runs["pid"], c=runs["val_acc"], cmap="viridis", edgecolor="k", linewidth=0.4,
+        sc = ax.scatter(runs["strength"], runs[PID], c=runs[VAL_ACC], cmap="viridis", edgecolor="k", linewidth=0.4,
                         marker="o" if reg == "weight_decay" else "X", s=45)
         fig.colorbar(sc, ax=ax, label="validation accuracy")
         ax.axvline(threshold, color="red", lw=1.2)

@@ -42,6 +42,9 @@ import pandas as pd
 from actid.analysis import grokking_summary
 from actid.paths import resolve
 from actid.runs import load_runs
+from actid.schema import STEP, acc as accuracy_of
+
+VAL_ACC, TRAIN_ACC = accuracy_of("val"), accuracy_of("train")
 
 runs = load_runs(resolve(runs_dir))
 out = resolve(out_dir)
@@ -66,11 +69,11 @@ for name, run in runs.groupby("run"):  # one line per run; runs differing only b
     frac, wd = run["train_fraction"].iloc[0], run["weight_decay"].iloc[0]
     ax = axes[fractions.index(frac)][decays.index(wd)]
     acc = twins.setdefault(id(ax), ax.twinx())
-    run = run.sort_values("step")
+    run = run.sort_values(STEP)
     stats = summary.loc[name]
-    ax.plot(run["step"], run[id_column], color="tab:green", lw=1.3)
-    acc.plot(run["step"], run["val_acc"], color="tab:blue" if stats["grokked"] else "tab:red", lw=1.3)
-    acc.plot(run["step"], run["train_acc"], color="gray", lw=0.7, ls="--")
+    ax.plot(run[STEP], run[id_column], color="tab:green", lw=1.3)
+    acc.plot(run[STEP], run[VAL_ACC], color="tab:blue" if stats["grokked"] else "tab:red", lw=1.3)
+    acc.plot(run[STEP], run[TRAIN_ACC], color="gray", lw=0.7, ls="--")
     if stats["grokked"]:
         ax.axvline(stats["grok_step"], color="tab:blue", ls=":", lw=1)
     ax.axvline(stats["llid_drop_step"], color="tab:green", ls=":", lw=1)

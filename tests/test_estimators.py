@@ -125,13 +125,14 @@ def test_exact_duplicates_are_removed_and_counted(subspace10):
 
 def test_near_duplicates_below_fp32_resolution_are_dropped_and_counted(subspace10):
     X = subspace10.double().clone()
-    X[:100] = X[100:200] + 1e-12  # distinct in fp64, identical once cast to fp32
+    X[:100] = X[100:200] + 1e-12  # distinct in fp64, (almost always) identical once cast to fp32
     X[200:300] = X[300:400] * (1 + 1e-7)  # distinct even in fp32, but r1 ~ 1e-6 x median
     est = TwoNN().fit(X)
-    assert est.n_duplicates_ == 100
+    # a pair that straddles an fp32 rounding boundary stays distinct and is dropped as a near duplicate
+    assert 95 <= est.n_duplicates_ <= 100
     # the 200 members of near-duplicate pairs, plus points whose two nearest neighbours are such a
     # pair and so tie in fp32 (r1 == r2)
-    assert 200 <= est.n_dropped_ <= 300
+    assert 200 <= est.n_dropped_ <= 300 + 2 * (100 - est.n_duplicates_)
     assert est.dimension_ == pytest.approx(TwoNN().fit(subspace10[300:]).dimension_, rel=0.05)
 
 

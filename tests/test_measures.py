@@ -140,3 +140,24 @@ def test_tracker_rows_load_like_sweep_rows(tmp_path):
     assert json.loads((tmp_path / "mine" / "config.json").read_text())["config"]["measures"]["sparsity"]["threshold"] == 0
     with pytest.raises(ValueError, match="steps must increase"):
         tracker.measure(5)
+
+
+@pytest.mark.slow
+def test_track_your_model_notebook_runs_under_papermill(tmp_path):
+    import subprocess
+    import sys
+
+    import papermill
+
+    from actid.paths import ROOT
+    source = tmp_path / "track.ipynb"
+    subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "-o", str(source),
+                    "notebooks/track_your_model.py"], check=True, capture_output=True, cwd=ROOT)
+    papermill.execute_notebook(str(source), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                               parameters={"run_dir": str(tmp_path / "runs"), "steps": 4, "measure_every": 2})
+    (stamp,) = (tmp_path / "runs").iterdir()
+    resnet, mlp = load_runs(stamp / "resnet18"), load_runs(stamp / "mlp")
+    assert resnet["step"].tolist() == mlp["step"].tolist() == [0, 2, 4]
+    assert {"id/layer1", "id/avgpool", "llid", "participation_ratio/avgpool"} <= set(resnet)
+    assert {"id/2", "id/4", "gradient_alignment/1.weight", "gradient_alignment/logits"} <= set(mlp)
+    assert not (stamp / "not_written").exists()  # the refused Tracker wrote nothing

@@ -88,9 +88,8 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
             f"train(*build(resolve({config!r})), sys.argv[1], progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run.path)])
     deadline = time.time() + 120
-    while not run.checkpoint_path.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    while time.time() < deadline and (not run.metrics_path.exists() or run.metrics_path.read_text().count("\n") < 4):
+        time.sleep(0.02)  # three evaluations written: kill it mid-run
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not run.is_finished, "the run finished before it could be killed; make it longer"
