@@ -96,6 +96,12 @@ def _frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
         return False
 
 
+def _is_prefix(head: pd.DataFrame, rows: pd.DataFrame) -> bool:
+    """Whether ``head`` is ``rows`` without its last row(s)."""
+    return (len(head) < len(rows) and list(head.columns) == list(rows.columns)
+            and _frames_equal(head, rows.iloc[:len(head)]))
+
+
 class Run:
     """One run directory: its files, identity, rows, checkpoint, snapshots, completion and lock."""
 
@@ -197,8 +203,7 @@ class Run:
                 on_disk = None
             if on_disk is not None and _frames_equal(on_disk, expected):
                 return
-            if not (on_disk is not None and len(on_disk) < len(expected)
-                    and _frames_equal(on_disk, expected.iloc[:len(on_disk)][list(on_disk.columns)])):
+            if not (on_disk is not None and _is_prefix(on_disk, expected)):
                 aside = self._free_name(self.metrics_path.name + ".bad")
                 os.replace(self.metrics_path, aside)
                 print(f"{self.metrics_path} did not match the run's checkpoint (edited, truncated or rows missing): "

@@ -265,21 +265,23 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     out = args.out or Path("runs") / args.experiment
     # SIGTERM unwinds like Ctrl-C, so temporary files are removed and locks released
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if args.jobs > 1:
-        planned, stale = plan(args.experiment, params, out, profile, overrides, restart=args.restart,
-                              threads=_threads(args.jobs))
-        tidy(planned, stale, out, profile)
-        prepare(args.experiment, params, profile, overrides)
-        return run_jobs(args.jobs, [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--restart"],
-                        len(planned), f"{args.experiment}/{profile}")
-    i, n = (int(v) for v in args.shard.split("/"))
-    sharded = "ACTID_PARENT_PID" in os.environ
-    if sharded:
-        _stop_when_orphaned(int(os.environ["ACTID_PARENT_PID"]))
-    run_sweep(args.experiment, params, out, profile, (i, n), overrides, restart=args.restart, set_aside_stale=not sharded,
-              reporter=ShardReporter() if sharded else None)
-
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        if args.jobs > 1:
+            planned, stale = plan(args.experiment, params, out, profile, overrides, restart=args.restart,
+                                  threads=_threads(args.jobs))
+            tidy(planned, stale, out, profile)
+            prepare(args.experiment, params, profile, overrides)
+            shard_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--restart"]
+            return run_jobs(args.jobs, shard_argv, len(planned), f"{args.experiment}/{profile}")
+        sharded = "ACTID_PARENT_PID" in os.environ
+        if sharded:
+            _stop_when_orphaned(int(os.environ["ACTID_PARENT_PID"]))
+        i, n = (int(v) for v in args.shard.split("/"))
+        run_sweep(args.experiment, params, out, profile, (i, n), overrides, restart=args.restart,
+                  set_aside_stale=not sharded, reporter=ShardReporter() if sharded else None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 if __name__ == "__main__":
     main()

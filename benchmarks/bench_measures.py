@@ -68,20 +68,26 @@ def median_seconds(fn, repeats: int, device: torch.device) -> float:
 
 
 def step_seconds(module, config: dict, repeats: int) -> float:
-    """Seconds per training step: (run of 10 + n steps - run of 10 steps) / n, no measure, median."""
-    n = 30
+    """Seconds per training step, evaluations excluded: (run of 2 units - run of 1 unit) / steps per unit,
+    median of ``repeats``; a unit is 30 steps, or one epoch where lengths are set in epochs."""
+    in_epochs = "epochs" in config
 
-    def run(steps: int) -> float:
-        task, cfg = module.build({**config, "steps": steps, "eval_every": 10**9, "measures": {},
-                                  "probes": {"val": {"split": "val"}}})
+    def run(units: int) -> tuple[float, int]:
+        length = {"epochs": units, "eval_every_epochs": 10**6} if in_epochs else {"steps": 30 * units,
+                                                                                   "eval_every": 10**9}
+        task, cfg = module.build({**config, **length, "measures": {}})
         with tempfile.TemporaryDirectory() as d:
             sync(task.train_x.device)
             start = time.perf_counter()
             train(task, cfg, d, progress=False)
             sync(task.train_x.device)
-            return time.perf_counter() - start
+            return time.perf_counter() - start, cfg.steps
 
-    return statistics.median((run(10 + n) - run(10)) / n for _ in range(repeats))
+    def once() -> float:
+        (one, n1), (two, n2) = run(1), run(2)
+        return (two - one) / (n2 - n1)
+
+    return statistics.median(once() for _ in range(repeats))
 
 
 def bench(experiment: str, device: str, repeats: int) -> dict:

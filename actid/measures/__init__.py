@@ -28,14 +28,14 @@ weight_norm                weights      weight_norm/<param>, weight_norm/total
 """
 
 from actid.measures.alignment import GradientAlignment, RepresentationAlignment, alignment, gradient_alignment
-from actid.measures.base import (REGISTRY, Evaluation, Measure, Probe, build_measure, build_measures, build_probes,
+from actid.measures.base import (REGISTRY, Evaluation, LayerMeasure, Measure, Probe, build_measure, build_measures, build_probes,
                                  register, resolve_measures, resolve_probes)
 from actid.measures.intrinsic import IntrinsicDimension, SkdimEstimator
 from actid.measures.linear import ParticipationRatio, participation_ratio
 from actid.measures.progress import (CircuitComplexity, Sparsity, WeightEntropy, WeightNorm, activation_sparsity,
                                      local_circuit_complexity, weight_entropies, weight_entropy, weight_norms)
 
-__all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "Measure",
+__all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "LayerMeasure", "Measure",
            "ParticipationRatio", "Probe", "RepresentationAlignment", "SkdimEstimator", "Sparsity", "WeightEntropy",
            "WeightNorm", "activation_sparsity", "alignment", "build_measure", "build_measures", "build_probes",
            "gradient_alignment", "local_circuit_complexity", "participation_ratio", "register", "resolve_measures",

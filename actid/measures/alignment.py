@@ -20,7 +20,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from actid import schema
-from actid.measures.base import Evaluation, Measure, register
+from actid.measures.base import Evaluation, LayerMeasure, Measure, register
 
 
 def omega_from_sums(sum_vector_sq_norm, sum_sq_norms, sum_norms, n):
@@ -63,11 +63,16 @@ def alignment(vectors, labels=None) -> float:
     labels = torch.as_tensor(labels, device=g.device)
     if labels.ndim != 1 or len(labels) != len(g):
         raise ValueError(f"labels must be 1-D with one label per vector ({len(g)}), got shape {tuple(labels.shape)}")
-    classes, counts = labels.unique(return_counts=True)
-    omegas = [_omega(g[labels == c]) for c, k in zip(classes, counts) if k >= 2]
-    if not omegas:
+    _, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
+    if not (counts >= 2).any():
         raise ValueError("no class has 2 or more vectors, so there are no pairs to align; pass more examples per class")
-    return sum(omegas) / len(omegas)
+    # the three sums of every class in one pass (no loop over classes: many classes stay cheap on a GPU)
+    sq_norms = g.square().sum(1)
+    per_class = torch.zeros(len(counts), g.shape[1], dtype=g.dtype, device=g.device).index_add_(0, inverse, g)
+    sum_sq = torch.zeros(len(counts), dtype=g.dtype, device=g.device).index_add_(0, inverse, sq_norms)
+    sum_norms = torch.zeros(len(counts), dtype=g.dtype, device=g.device).index_add_(0, inverse, sq_norms.sqrt())
+    omegas = omega_from_sums(per_class.square().sum(1), sum_sq, sum_norms, counts.to(g.dtype))
+    return float(omegas[counts >= 2].mean())
 
 
 def gradient_alignment(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss_fn, *,
@@ -282,17 +287,14 @@ def _per_example_grads(model: nn.Module, names: list[str], x: torch.Tensor, y: t
 
 @register
 @dataclass(kw_only=True)
-class RepresentationAlignment(Measure):
+class RepresentationAlignment(LayerMeasure):
     """In-class alignment of each layer's activations on the probe (Mehta et al.'s representation
     alignment): ``representation_alignment/<layer>``."""
 
     kind = "representation_alignment"
-    needs = "activations"
 
-    def __call__(self, ev: Evaluation) -> dict[str, float]:
-        labels = ev.probes[self.probe][1]
-        return {schema.column(self.name, layer): alignment(ev.activations[self.probe][layer], labels)
-                for layer in self.layer_names(ev)}
+    def value(self, activations, labels) -> float:
+        return alignment(activations, labels)
 
 
 @register

@@ -101,6 +101,21 @@ class Measure:
         raise NotImplementedError
 
 
+@dataclass(kw_only=True)
+class LayerMeasure(Measure):
+    """A measure of each layer's activations on the probe, one column ``<name>/<layer>``: subclasses
+    give ``value(activations, labels)``."""
+
+    needs: ClassVar[str] = "activations"
+
+    def value(self, activations: torch.Tensor, labels: torch.Tensor) -> float:
+        raise NotImplementedError
+
+    def __call__(self, ev: Evaluation) -> dict[str, float]:
+        acts, labels = ev.activations[self.probe], ev.probes[self.probe][1]
+        return {schema.column(self.name, layer): self.value(acts[layer], labels) for layer in self.layer_names(ev)}
+
+
 REGISTRY: dict[str, type[Measure]] = {}
 
 

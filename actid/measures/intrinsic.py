@@ -8,7 +8,7 @@ The estimators live in :mod:`actid.estimators` (TwoNN, MLE, GRIDE); any scikit-d
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,7 +57,10 @@ def make_estimator(estimator: str, options: dict):
 
 def estimator_params(estimator: str, options: dict) -> dict:
     """Every constructor parameter of the estimator, defaults filled in (recorded in config.json)."""
-    est = make_estimator(estimator, options)
+    try:
+        est = make_estimator(estimator, options)
+    except TypeError as err:
+        raise TypeError(f"estimator {estimator!r} does not take options {sorted(options)}: {err}") from None
     if isinstance(est, SkdimEstimator):
         return est.get_params()
     names = inspect.signature(type(est).__init__).parameters
@@ -75,12 +78,12 @@ class IntrinsicDimension(Measure):
     needs = "activations"
 
     estimator: str = "twonn"
-    options: dict = field(default_factory=lambda: dict(TWONN_PAPER))
+    options: dict | None = None  # the estimator's parameters; None: TWONN_PAPER for TwoNN, defaults otherwise
     seed: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
-        options = dict(self.options)
+        options = dict(TWONN_PAPER if self.estimator == "twonn" else {}) if self.options is None else dict(self.options)
         if "seed" in inspect.signature(ESTIMATORS.get(self.estimator, object).__init__).parameters:
             options.setdefault("seed", self.seed)
         self.options = estimator_params(self.estimator, options)

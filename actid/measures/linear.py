@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from actid import schema
-from actid.measures.base import Evaluation, Measure, register
+from actid.measures.base import LayerMeasure, register
 
 
 def _as_rows(activations, name: str = "activations") -> torch.Tensor:
@@ -58,12 +57,10 @@ def participation_ratio(activations) -> float:
 
 @register
 @dataclass(kw_only=True)
-class ParticipationRatio(Measure):
+class ParticipationRatio(LayerMeasure):
     """Participation ratio of each layer's activations on the probe: ``participation_ratio/<layer>``."""
 
     kind = "participation_ratio"
-    needs = "activations"
 
-    def __call__(self, ev: Evaluation) -> dict[str, float]:
-        acts = ev.activations[self.probe]
-        return {schema.column(self.name, layer): participation_ratio(acts[layer]) for layer in self.layer_names(ev)}
+    def value(self, activations, labels) -> float:
+        return participation_ratio(activations)

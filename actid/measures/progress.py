@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from actid import schema
-from actid.measures.base import Evaluation, Measure, register
+from actid.measures.base import Evaluation, LayerMeasure, Measure, register
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -177,17 +177,14 @@ def _log_probs(logits) -> torch.Tensor:
 
 @register
 @dataclass(kw_only=True)
-class Sparsity(Measure):
+class Sparsity(LayerMeasure):
     """Activation sparsity of each layer on the probe: ``sparsity/<layer>``."""
 
     kind = "sparsity"
-    needs = "activations"
     threshold: float
 
-    def __call__(self, ev: Evaluation) -> dict[str, float]:
-        acts = ev.activations[self.probe]
-        return {schema.column(self.name, layer): activation_sparsity(acts[layer], self.threshold)
-                for layer in self.layer_names(ev)}
+    def value(self, activations, labels) -> float:
+        return activation_sparsity(activations, self.threshold)
 
 
 @register
