@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -188,8 +189,17 @@ def _ordered_union(lists) -> list[str]:
     return list(dict.fromkeys(x for items in lists for x in items))
 
 
-def probe_sets(task: Task, probes: dict[str, Probe]) -> dict[str, tuple[torch.Tensor, torch.Tensor, bool]]:
-    """{probe: (inputs, labels, whole_split)}: each probe's fixed examples, drawn once per run."""
+class ProbeSet(NamedTuple):
+    """A probe's examples, drawn once per run; ``whole_split`` when it is its entire split."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    split: str
+    whole_split: bool
+
+
+def probe_sets(task: Task, probes: dict[str, Probe]) -> dict[str, ProbeSet]:
+    """Each probe's fixed examples, drawn from the task's evaluation splits."""
     out = {}
     for name, probe in probes.items():
         if probe.split not in task.eval_sets:
@@ -197,12 +207,13 @@ def probe_sets(task: Task, probes: dict[str, Probe]) -> dict[str, tuple[torch.Te
                            f"splits: {sorted(task.eval_sets)}")
         x, y = task.eval_sets[probe.split]
         index = probe.index(len(x))
-        out[name] = (x, y, True) if index is None else (x[index.to(x.device)], y[index.to(y.device)], False)
+        out[name] = (ProbeSet(x, y, probe.split, True) if index is None else
+                     ProbeSet(x[index.to(x.device)], y[index.to(y.device)], probe.split, False))
     return out
 
 
-def evaluate(task: Task, cfg: TrainConfig, measures: list[Measure], probes: dict, step: int, index: int,
-             last: bool) -> dict[str, float]:
+def evaluate(task: Task, cfg: TrainConfig, measures: list[Measure], probes: dict[str, ProbeSet], step: int,
+             index: int, last: bool) -> dict[str, float]:
     """Loss and accuracy on every evaluation split, then every due measure (one row's values).
 
     The activations a probe needs are gathered in one forward pass for all measures: during the
@@ -218,7 +229,7 @@ def evaluate(task: Task, cfg: TrainConfig, measures: list[Measure], probes: dict
     with eval_mode(model):
         with torch.no_grad():
             for split, (x, y) in task.eval_sets.items():
-                during = [p for p in wanted if probes[p][2] and probe_split(cfg, p) == split]
+                during = [p for p in wanted if probes[p].whole_split and probes[p].split == split]
                 layers = _ordered_union(wanted[p] for p in during)
                 with recording(model, layers, store=x.device, dtype=torch.float32) as chunks:
                     loss, correct = 0.0, 0
@@ -232,17 +243,14 @@ def evaluate(task: Task, cfg: TrainConfig, measures: list[Measure], probes: dict
                 row[schema.loss(split)], row[schema.acc(split)] = loss / len(x), correct / len(x)
             for p, layers in wanted.items():
                 if p not in acts:
-                    acts[p] = capture_activations(model, probes[p][0], layers, batch_size=cfg.eval_batch_size,
+                    acts[p] = capture_activations(model, probes[p].inputs, layers, batch_size=cfg.eval_batch_size,
                                                   dtype=torch.float32, keep_on_device=True)
-        ev = Evaluation(model=model, step=step, probes={p: v[:2] for p, v in probes.items()}, activations=acts,
+        ev = Evaluation(model=model, step=step, probes={p: (v.inputs, v.labels) for p, v in probes.items()},
+                        activations=acts,
                         loss_fn=task.loss_fn, id_layers=task.id_layers, llid_layer=task.llid_layer)
         for m in due:
             row.update(m(ev))
     return row
-
-
-def probe_split(cfg: TrainConfig, name: str) -> str:
-    return cfg.probes[name]["split"]
 
 
 def runtime(cfg: TrainConfig, device: torch.device) -> dict:

@@ -180,3 +180,10 @@ def test_local_circuit_complexity_layer_name_errors():
         local_circuit_complexity(model, 3, inputs())
     with pytest.raises(KeyError, match="0, 3, 5"):
         local_circuit_complexity(model, "1", inputs())  # ReLU has no weight
+
+
+def test_participation_ratio_of_float32_activations_matches_float64_despite_an_offset():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1000, 300, generator=g, dtype=torch.float64) * torch.logspace(0, -2, 300, dtype=torch.float64)
+    X = X + 1e3  # a large common offset, as post-activation features can have
+    assert participation_ratio(X.float()) == pytest.approx(participation_ratio(X), rel=1e-5)
