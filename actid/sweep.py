@@ -45,12 +45,16 @@ EXPERIMENTS = {"grokking": "actid.experiments.grokking", "regularization": "acti
 STALE = ".stale"
 
 
+class InvalidSweep(ValueError):
+    """A grid point whose keys or values are wrong; raised before any file changes."""
+
+
 def expand_grid(grid: dict[str, list]) -> list[dict]:
     """All combinations of the grid's values, in the order of the lists (first key slowest)."""
     keys = list(grid)
     bad = [k for k in keys if not isinstance(grid[k], list)]
     if bad:
-        raise ValueError(f"grid values must be lists, got {', '.join(f'{k}: {grid[k]!r}' for k in bad)}; "
+        raise InvalidSweep(f"grid values must be lists, got {', '.join(f'{k}: {grid[k]!r}' for k in bad)}; "
                          f"write e.g. {bad[0]}: [{grid[bad[0]]!r}]")
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
@@ -66,7 +70,8 @@ def sweep_points(params: dict, experiment: str, profile: str) -> tuple[dict, lis
     try:
         section = params[experiment][profile]
     except KeyError:
-        raise KeyError(f"params has no section {experiment}.{profile}; profiles: {list(params.get(experiment, {}))}")
+        raise InvalidSweep(f"params has no section {experiment}.{profile}; profiles: "
+                           f"{list(params.get(experiment, {}))}") from None
     grids = section.get("grid", {})
     points = [p for grid in (grids if isinstance(grids, list) else [grids]) for p in expand_grid(grid)]
     unique: dict[str, dict] = {}
@@ -104,7 +109,8 @@ def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict
         try:
             configs.append(module.resolve({**fixed, **point, **(overrides or {})}))
         except (KeyError, ValueError, TypeError) as err:
-            raise type(err)(f"grid point {run_name(point)} of {experiment}.{profile}: {err}") from None
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError quotes its text
+            raise InvalidSweep(f"grid point {run_name(point)} of {experiment}.{profile}: {message}") from None
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; name a directory for the runs")
 
@@ -280,6 +286,11 @@ def main(argv: list[str] | None = None) -> None:
         i, n = (int(v) for v in args.shard.split("/"))
         run_sweep(args.experiment, params, out, profile, (i, n), overrides, restart=args.restart,
                   set_aside_stale=not sharded, reporter=ShardReporter() if sharded else None)
+    except InvalidSweep as err:  # a user's mistake, found before any file changed: no traceback
+        raise SystemExit(f"nothing was changed: {err}") from None
+    except KeyboardInterrupt:  # Ctrl-C (a shard's parent reports it once for all shards)
+        raise SystemExit(130 if "ACTID_PARENT_PID" in os.environ else
+                         "interrupted: finished runs and checkpoints are kept; rerun the same command to resume") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -148,3 +148,14 @@ def test_progress_of_several_shards_is_one_bar_plus_a_line_each(tmp_path):
     assert "\x1eactid-progress" not in result.stderr + result.stdout  # status lines are parsed, not shown
     assert all(Run(r).is_finished for r in (tmp_path / "runs").iterdir())
     assert json.loads((tmp_path / "runs" / "weight_decay=0.1" / "config.json").read_text())["runtime"]["threads"] == 1
+
+
+def test_the_command_line_reports_a_bad_grid_without_a_traceback(swept, capsys):
+    bad = _params_file(swept.parent, params({"weight_decy": [0.1]}))
+    before = listing(swept.parent)
+    with pytest.raises(SystemExit, match=r"nothing was changed: grid point weight_decy=0.1 .*\['weight_decy'\]"):
+        main(["grokking", "--params", str(bad), "--profile", "tiny", "--out", str(swept)])
+    listing_after = listing(swept.parent)
+    listing_after.pop("params.yaml")
+    before.pop("params.yaml", None)
+    assert listing_after == before
