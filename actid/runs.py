@@ -146,6 +146,9 @@ class Run:
         """Create ``config.json``. A run already there must have the same identity (the sweep moves
         a changed run aside first); its file, which records where it ran, is kept."""
         if self.config_path.exists():
+            if not self.is_actid_run():
+                raise ValueError(f"{self.config_path} exists and was not written by actid; choose another run "
+                                 "directory (actid never overwrites a file it did not create)")
             if not self.same_identity(config):
                 changed = sorted(k for k in set(identity(config)) | set(identity(self.config))
                                  if identity(config).get(k) != identity(self.config).get(k))

@@ -146,3 +146,11 @@ def test_a_run_of_another_config_is_never_overwritten(tmp_path):
     with pytest.raises(ValueError, match=r"another config \(keys \['weight_decay'\]"):
         run.write_config(resolve({**TINY, "weight_decay": 0.5}), {"experiment": "grokking", "profile": "test"})
     run.write_config(resolve({**TINY, "device": "cuda", "eval_batch_size": 7}), {"experiment": "grokking"})  # same run
+
+
+def test_a_directory_with_someone_elses_config_json_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"mine": 1}')
+    with pytest.raises(ValueError, match="not written by actid"):
+        Run(tmp_path / "run").write_config(resolve(TINY), {"experiment": "grokking"})
+    assert (tmp_path / "run" / "config.json").read_text() == '{"mine": 1}'
