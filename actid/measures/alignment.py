@@ -92,6 +92,10 @@ def gradient_alignment(model: nn.Module, inputs: torch.Tensor, labels: torch.Ten
     dim 0) never form per-example gradients: S_c, Q_c and N_c come from the layer inputs and output gradients. All
     other parameters use torch.func (vmap of grad), O(chunk_size × their size) memory; lower ``chunk_size`` for big
     conv nets.
+
+    Limitation: a Linear's weight that the model also uses outside that layer's call (``F.linear(x, self.fc.weight)``
+    elsewhere in forward) cannot be seen by the hooks and would be counted from the layer's own call only; tie
+    weights through modules (a weight shared by two modules is detected and goes through torch.func).
     """
     inputs = torch.as_tensor(inputs)
     labels = torch.as_tensor(labels, device=inputs.device)
