@@ -17,7 +17,8 @@ from torch import nn
 from actid.estimators import TwoNN
 
 
-def _check_layer_names(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
+def check_layer_names(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
+    """The modules named by ``layers`` (strings as in ``model.named_modules()``), or an error saying how to name them."""
     if isinstance(layers, str):
         raise TypeError(f"layers must be a list of module names, got the string {layers!r}; pass [{layers!r}]")
     not_str = [name for name in layers if not isinstance(name, str)]
@@ -71,7 +72,7 @@ def recording(model: nn.Module, layers: Iterable[str], *, store: str | torch.dev
     for n inputs). Record a module that runs once instead, such as the block itself.
     ``dtype`` None keeps each layer's own dtype."""
     layers = list(layers)
-    modules = _check_layer_names(model, layers)
+    modules = check_layer_names(model, layers)
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     calls = dict.fromkeys(layers, 0)
 

@@ -33,13 +33,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 from tqdm.auto import tqdm
 
 from actid.progress import ShardMonitor, ShardReporter
 from actid.runs import Run, RunLockedError
-from actid.train import ResumeMismatchError, check_resume, resolve_device, train
+from actid.train import ResumeMismatchError, check_resume, resolve_device, runtime, train
 
 EXPERIMENTS = {"grokking": "actid.experiments.grokking", "regularization": "actid.experiments.regularization"}
 STALE = ".stale"
@@ -132,11 +131,8 @@ def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict
                 problems.append(f"{run.path} is being written by another process (another sweep or dvc repro?); "
                                 "wait for it or stop it")
                 continue
-            device = resolve_device(config["device"])
-            now = {"device": device.type, "amp": config["amp"],
-                   "threads": (threads or torch.get_num_threads()) if device.type == "cpu" else None}
             try:
-                check_resume(run.name, run.runtime(), now)
+                check_resume(run.name, run.runtime(), runtime(resolve_device(config["device"]), config["amp"], threads))
             except ResumeMismatchError as err:
                 if not restart:
                     problems.append(str(err))

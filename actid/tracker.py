@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from actid import schema
-from actid.capture import _check_layer_names
+from actid.capture import check_layer_names
 from actid.measures import Measure, build_measures, build_probes
 from actid.runs import Run
 from actid.train import Task, TrainConfig, evaluate, probe_sets
@@ -46,7 +46,7 @@ class Tracker:
                  measures: list[Measure] | dict | None = None, llid_layer: str | None = None,
                  loss_fn: Callable = F.cross_entropy, config: dict | None = None, batch_size: int = 1024,
                  seed: int = 0):
-        _check_layer_names(model, layers)
+        check_layer_names(model, layers)
         probes = probe if isinstance(probe, dict) else {"val": probe}
         device = next(model.parameters()).device
         eval_sets = {name: (x.to(device), y.to(device)) for name, (x, y) in probes.items()}

@@ -253,9 +253,11 @@ def evaluate(task: Task, cfg: TrainConfig, measures: list[Measure], probes: dict
     return row
 
 
-def runtime(cfg: TrainConfig, device: torch.device) -> dict:
-    """The facts of where a run trains that change its numbers (see :data:`actid.runs.NUMERICS`)."""
-    return {"device": device.type, "amp": cfg.amp, "threads": torch.get_num_threads() if device.type == "cpu" else None}
+def runtime(device: torch.device, amp: bool, threads: int | None = None) -> dict:
+    """The facts of where a run trains that change its numbers (see :data:`actid.runs.NUMERICS`); ``threads``
+    defaults to this process's CPU thread count."""
+    return {"device": device.type, "amp": amp,
+            "threads": (threads or torch.get_num_threads()) if device.type == "cpu" else None}
 
 
 class ResumeMismatchError(RuntimeError):
@@ -300,7 +302,7 @@ def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after) 
     optimizer = make_optimizer(model, cfg)
     sampler = EpochSampler(len(task.train_x), cfg.batch_size, cfg.seed, task.train_x.device)
     aug_gen = torch.Generator(device=task.train_x.device).manual_seed(cfg.seed + 1)
-    now = runtime(cfg, device)
+    now = runtime(device, cfg.amp)
 
     step, rows, elapsed = 0, [], 0.0
     state = run.load_checkpoint()

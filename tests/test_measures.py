@@ -3,8 +3,6 @@
 import dataclasses
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn

@@ -1,7 +1,6 @@
 """Sweep safety: validate before touching the disk, never delete, reuse finished runs, clean shutdown."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

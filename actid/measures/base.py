@@ -93,9 +93,9 @@ class Measure:
         """Whether the measure runs at the ``index``-th evaluation."""
         return last or index % self.every == 0
 
-    def layer_names(self, evaluation_or_ids) -> list[str]:
-        ids = evaluation_or_ids.id_layers if isinstance(evaluation_or_ids, Evaluation) else evaluation_or_ids
-        return list(ids) if self.layers == MODEL_LAYERS else list(self.layers)
+    def layer_names(self, model_layers: list[str]) -> list[str]:
+        """The layers measured: ``layers``, or ``model_layers`` (the model's own ID layers) for ``model``."""
+        return list(model_layers) if self.layers == MODEL_LAYERS else list(self.layers)
 
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         raise NotImplementedError
@@ -113,7 +113,7 @@ class LayerMeasure(Measure):
 
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         acts, labels = ev.activations[self.probe], ev.probes[self.probe][1]
-        return {schema.column(self.name, layer): self.value(acts[layer], labels) for layer in self.layer_names(ev)}
+        return {schema.column(self.name, layer): self.value(acts[layer], labels) for layer in self.layer_names(ev.id_layers)}
 
 
 REGISTRY: dict[str, type[Measure]] = {}

@@ -91,7 +91,7 @@ class IntrinsicDimension(Measure):
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         acts = ev.activations[self.probe]
         row, ids = {}, {}
-        for layer in self.layer_names(ev):
+        for layer in self.layer_names(ev.id_layers):
             est = make_estimator(self.estimator, self.options).fit(acts[layer])
             ids[layer] = est.dimension_
             row[schema.column(self.name, layer)] = est.dimension_

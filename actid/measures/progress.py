@@ -227,4 +227,4 @@ class CircuitComplexity(Measure):
         x = ev.probes[self.probe][0]
         return {schema.column(self.name, layer): local_circuit_complexity(
                     ev.model, layer, x, fraction=self.fraction, n_masks=self.n_masks, seed=self.seed)
-                for layer in self.layer_names(ev)}
+                for layer in self.layer_names(ev.id_layers)}
