@@ -1,6 +1,6 @@
 """Capture layer activations with forward hooks, and turn them into per-layer IDs, LLID and PID.
 
-Definitions (Brown et al. 2022, section 7 of the reproduction notes; the official README swaps them):
+Definitions (Brown et al. 2022; the official README swaps them, see ``docs/reproduction.md``):
 
 * LLID, last-layer ID: the ID of the representation that feeds the classifier.
 * PID, peak ID: the largest ID over the tracked layers.

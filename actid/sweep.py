@@ -248,9 +248,22 @@ def _stop_when_orphaned(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _experiment_from_set(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--set a=1 grokking``: argparse hands the experiment name to ``--set``; take it back, and
+    refuse anything else in ``--set`` that is not KEY=VALUE."""
+    stray = [s for s in args.set if "=" not in s]
+    args.set = [s for s in args.set if "=" in s]
+    if args.experiment is None and len(stray) == 1 and stray[0] in EXPERIMENTS:
+        args.experiment = stray.pop()
+    if stray:
+        parser.error(f"--set takes KEY=VALUE pairs; not one: {' '.join(stray)}")
+    if args.experiment is None:
+        parser.error(f"the following arguments are required: experiment (one of {', '.join(sorted(EXPERIMENTS))})")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("experiment", nargs="?", choices=sorted(EXPERIMENTS))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--profile", help="default: the params file's top-level `profile`")
     parser.add_argument("--out", type=Path, help="default: runs/<experiment>")
@@ -262,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override a run config key for every run, e.g. --set device=cuda")
     args = parser.parse_args(argv)
+    _experiment_from_set(parser, args)
     params = yaml.safe_load(args.params.read_text())
     profile = args.profile or params["profile"]
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}

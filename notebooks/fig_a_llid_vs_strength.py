@@ -11,75 +11,84 @@
 # ---
 
 # %% [markdown]
-# # Regularization lowers the last-layer ID (Brown et al. 2022, Fig. A)
+# # Fig. A: last-layer ID against regularization strength (Brown et al. 2022)
 #
 # One panel per data set and regularizer: the validation-set **LLID** (TwoNN ID of the pooled features
-# that feed the classifier) after the last epoch of each run, against the regularization strength on a
+# that feed the classifier) at the last evaluation of each run, against the regularization strength on a
 # linear axis (weight decay runs have no dropout; dropout runs have weight decay 0), with Pearson's r
-# over all runs of the panel. Over-regularized runs (the rule of Fig. C) are drawn hollow.
+# over all runs of the panel and a least-squares line with its 95% bootstrap band. Over-regularized runs
+# (the rule of Fig. C) are drawn hollow.
 #
-# Paper (CIFAR ResNet-18, 200 epochs): r = -0.88 (CIFAR-100, WD), -0.87 (CIFAR-100, dropout),
-# -0.77 (CIFAR-10, WD), -0.99 (CIFAR-10, dropout).
+# The paper reports that regularization lowers the LLID: r = -0.88 (CIFAR-100, WD), -0.87 (CIFAR-100,
+# dropout), -0.77 (CIFAR-10, WD), -0.99 (CIFAR-10, dropout), ResNet-18 trained for 200 epochs.
 #
 # Input: the runs of `python -m actid.sweep regularization` (stage `regularization`).
-# Output: `llid_vs_strength.png` and `llid_vs_strength.json` (r, p and n per panel; DVC metrics).
+# Output, in `out_dir`: `llid_vs_strength.png`/`.pdf` and `llid_vs_strength.json` (r, p and n per panel;
+# DVC metrics). `out_dir = None` writes to the scratch folder `build/figures/regularization`.
 
 # %% tags=["parameters"]
 runs_dir = "runs/regularization"  # relative to the repository root, or absolute
-out_dir = "figures/regularization"
+out_dir = None  # None: build/figures/regularization (scratch); the DVC stage passes figures/regularization
 tolerance = 0.02  # only for the markers: runs beyond the over-regularization threshold (Fig. C rule) are hollow
 
 # %%
-import json
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
+from matplotlib.lines import Line2D
 
+from actid import plotting
 from actid.analysis import final_rows, over_regularization_threshold, pearson
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
 
 VAL_ACC = acc("val")
-
 PAPER_R = {("cifar100", "weight_decay"): -0.88, ("cifar100", "dropout"): -0.87,
            ("cifar10", "weight_decay"): -0.77, ("cifar10", "dropout"): -0.99}
-STYLE = {"weight_decay": dict(marker="o", color="tab:red", label="weight decay"),
-         "dropout": dict(marker="X", color="tab:orange", label="dropout p")}
+plotting.use_style()
 
 final = final_rows(load_runs(resolve(runs_dir)))
 final = final[final["regularizer"] != "both"]
-out = resolve(out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = plotting.output_dir(out_dir, "regularization")
 print(f"{len(final)} runs ({(~final['finished']).sum()} unfinished) from {resolve(runs_dir)}")
 final[["dataset", "regularizer", "strength", LLID, PID, VAL_ACC, "finished"]]
 
 # %%
 panels = [(d, r) for d in final["dataset"].unique() for r in ("weight_decay", "dropout")
           if ((final["dataset"] == d) & (final["regularizer"] == r)).any()]
-fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0 * len(panels), 6.0), 4.0), squeeze=False)
 metrics = {}
 for ax, (dataset, reg) in zip(axes[0], panels):
     runs = final[(final["dataset"] == dataset) & (final["regularizer"] == reg)]
     r, p, n = pearson(runs["strength"], runs[LLID])
     paper = PAPER_R.get((dataset, reg))
-    metrics[f"{dataset}/{reg}"] = {"r": r, "p": p, "n": n, "paper_r": paper,
+    metrics[f"{dataset}/{reg}"] = {"r": r, "p": p, "n": n, "paper_r": paper, "n_unfinished": int((~runs["finished"]).sum()),
                                    "sign_agrees_with_paper": None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper))}
+    color, marker = plotting.COLORS[reg], plotting.MARKERS[reg]
+    if n >= 3:
+        sns.regplot(x=runs["strength"].to_numpy(), y=runs[LLID].to_numpy(), ax=ax, scatter=False, color=color,
+                    ci=95, n_boot=1000, seed=0, line_kws={"lw": 1.2})
     over = runs["strength"] > over_regularization_threshold(runs["strength"], runs[VAL_ACC], tolerance)
-    ax.scatter(runs.loc[~over, "strength"], runs.loc[~over, LLID], **STYLE[reg])
-    ax.scatter(runs.loc[over, "strength"], runs.loc[over, LLID], marker=STYLE[reg]["marker"], s=40,
-               facecolors="none", edgecolors=STYLE[reg]["color"])
-    ax.set_title(f"{dataset}, {STYLE[reg]['label']}\nr = {r:.2f}, p = {p:.2g}, n = {n}", fontsize=9)
-    ax.set_xlabel(STYLE[reg]["label"])
+    ax.scatter(runs.loc[~over, "strength"], runs.loc[~over, LLID], marker=marker, color=color, s=50,
+               edgecolor="black", linewidth=0.4, zorder=3)
+    ax.scatter(runs.loc[over, "strength"], runs.loc[over, LLID], marker=marker, s=50, facecolors="none",
+               edgecolors=color, linewidths=1.4, zorder=3)
+    unfinished = runs[~runs["finished"]]
+    ax.scatter(unfinished["strength"], unfinished[LLID], **plotting.UNFINISHED)
+    ax.set_title(f"{dataset}, {plotting.LABELS[reg]}\nPearson r = {r:.2f} (p = {p:.2g}, n = {n})")
+    ax.set_xlabel(plotting.LABELS[reg])
     ax.set_ylabel("validation LLID")
-fig.suptitle("Regularization decreases the last-layer ID (hollow: over-regularized, see Fig. C; r uses all runs)",
-             fontsize=10)
-fig.tight_layout()
-fig.savefig(out / "llid_vs_strength.png", dpi=120)
+handles = [Line2D([], [], marker="o", color="0.4", mec="black", mew=0.4, ls="none", ms=7, label="run"),
+           Line2D([], [], marker="o", mfc="none", mec="0.4", mew=1.4, ls="none", ms=7,
+                  label=f"over-regularized run (accuracy > {tolerance:g} below the best; Fig. C)"),
+           Line2D([], [], color="0.4", lw=1.2, label="least-squares line, 95% bootstrap band (all runs)")]
+if not final["finished"].all():
+    handles.append(plotting.unfinished_handle())
+plotting.legend_below(fig, handles, ncol=2)
+fig.suptitle("Validation LLID at the last evaluation against regularization strength")
+plotting.save_figure(fig, out, "llid_vs_strength")
 
 # %%
-(out / "llid_vs_strength.json").write_text(json.dumps(metrics, indent=1))
-print(json.dumps(metrics, indent=1))
+plotting.save_json(out / "llid_vs_strength.json", metrics)
+metrics

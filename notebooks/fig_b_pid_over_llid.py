@@ -11,11 +11,12 @@
 # ---
 
 # %% [markdown]
-# # PID / LLID tracks generalization (Brown et al. 2022, Fig. B)
+# # Fig. B: validation accuracy against PID / LLID (Brown et al. 2022)
 #
-# One panel per data set: validation accuracy after the last epoch against the ratio of the peak ID
+# One panel per data set: validation accuracy at the last evaluation against the ratio of the peak ID
 # over layers (PID) to the last-layer ID (LLID), for the runs that are **not over-regularized**, with
-# Pearson's r. Weight-decay and dropout runs are pooled.
+# Pearson's r and a least-squares line with its 95% bootstrap band. Weight-decay and dropout runs are
+# pooled; colour shades give the strength within each regularizer.
 #
 # Which runs count as not over-regularized: by default, those at or below the data-driven
 # over-regularization threshold of their panel (`actid.analysis.over_regularization_threshold`, the
@@ -23,40 +24,39 @@
 # The paper instead used a fixed cut for both data sets, WD <= 1e-3 and p <= 0.3: set `max_weight_decay`
 # and `max_dropout` to use a fixed cut.
 #
-# Paper: r = 0.92 (CIFAR-100), 0.96 (CIFAR-10).
+# The paper reports that a higher PID/LLID goes with higher accuracy: r = 0.92 (CIFAR-100), 0.96 (CIFAR-10).
 #
-# Output: `accuracy_vs_pid_over_llid.png` and `accuracy_vs_pid_over_llid.json` (DVC metrics).
+# Output, in `out_dir`: `accuracy_vs_pid_over_llid.png`/`.pdf` and `accuracy_vs_pid_over_llid.json`
+# (DVC metrics). `out_dir = None` writes to the scratch folder `build/figures/regularization`.
 
 # %% tags=["parameters"]
 runs_dir = "runs/regularization"
-out_dir = "figures/regularization"
+out_dir = None  # None: build/figures/regularization (scratch); the DVC stage passes figures/regularization
 tolerance = 0.02  # accuracy below the panel's best that still counts as not over-regularized
 max_weight_decay = None  # a number: fixed cut instead of the data-driven threshold (paper: 1e-3)
 max_dropout = None  # (paper: 0.3)
 
 # %%
-import json
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.lines import Line2D
 
+from actid import plotting
 from actid.analysis import final_rows, over_regularization_threshold, pearson
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
 
 VAL_ACC = acc("val")
-
 PAPER_R = {"cifar100": 0.92, "cifar10": 0.96}
 fixed_cut = {"weight_decay": max_weight_decay, "dropout": max_dropout}
+plotting.use_style()
 
 final = final_rows(load_runs(resolve(runs_dir)))
 final = final[final["regularizer"] != "both"]
-out = resolve(out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = plotting.output_dir(out_dir, "regularization")
 cuts = {}
 for (dataset, reg), runs in final.groupby(["dataset", "regularizer"]):
     cut = fixed_cut[reg]
@@ -64,35 +64,48 @@ for (dataset, reg), runs in final.groupby(["dataset", "regularizer"]):
         runs["strength"], runs[VAL_ACC], tolerance)
 final["kept"] = [s <= cuts[(d, r)] for d, r, s in zip(final["dataset"], final["regularizer"], final["strength"])]
 print("cut per panel (runs at or below are kept):", {f"{d}/{r}": c for (d, r), c in cuts.items()})
-final[["dataset", "regularizer", "strength", PID, LLID, "pid_over_llid", VAL_ACC, "kept"]]
+final[["dataset", "regularizer", "strength", PID, LLID, "pid_over_llid", VAL_ACC, "kept", "finished"]]
 
 # %%
 datasets = list(final["dataset"].unique())
-fig, axes = plt.subplots(1, len(datasets), figsize=(6.0 * len(datasets), 4.0), squeeze=False)
+kept_all = final[final["kept"]]
+norms = {}  # one colour scale per regularizer, shared by all panels
+for reg, runs in kept_all.groupby("regularizer"):
+    positive = runs["strength"][runs["strength"] > 0]
+    norms[reg] = (LogNorm(positive.min(), positive.max()) if reg == "weight_decay" and len(positive)
+                  else Normalize(0, max(runs["strength"].max(), 1e-12)))
+fig, axes = plt.subplots(1, len(datasets), figsize=(max(5.5 * len(datasets), 6.5), 5.2), squeeze=False)
 metrics = {}
 for ax, dataset in zip(axes[0], datasets):
-    kept = final[(final["dataset"] == dataset) & final["kept"]]
+    kept = kept_all[kept_all["dataset"] == dataset]
     r, p, n = pearson(kept["pid_over_llid"], kept[VAL_ACC])
     paper = PAPER_R.get(dataset)
-    metrics[dataset] = {"r": r, "p": p, "n": n, "paper_r": paper,
+    metrics[dataset] = {"r": r, "p": p, "n": n, "paper_r": paper, "n_unfinished": int((~kept["finished"]).sum()),
                         "sign_agrees_with_paper": None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper)),
                         "cut": {reg: cuts.get((dataset, reg)) for reg in ("weight_decay", "dropout")}}
-    wd, dp = kept[kept["regularizer"] == "weight_decay"], kept[kept["regularizer"] == "dropout"]
-    if len(wd):
-        sc = ax.scatter(wd["pid_over_llid"], wd[VAL_ACC], c=np.log10(wd["strength"]), cmap="Reds", marker="o",
-                        edgecolor="k", linewidth=0.4)
-        fig.colorbar(sc, ax=ax, label="log10 weight decay (o)", pad=0.01)
-    if len(dp):
-        sc = ax.scatter(dp["pid_over_llid"], dp[VAL_ACC], c=dp["strength"], cmap="Oranges", marker="X",
-                        edgecolor="k", linewidth=0.4, vmin=0)
-        fig.colorbar(sc, ax=ax, label="dropout p (x)", pad=0.01)
-    ax.set_title(f"{dataset}: r = {r:.2f}, p = {p:.2g}, n = {n}", fontsize=9)
-    ax.set_xlabel("PID / LLID")
+    if n >= 3:
+        sns.regplot(x=kept["pid_over_llid"].to_numpy(), y=kept[VAL_ACC].to_numpy(), ax=ax, scatter=False,
+                    color="0.35", ci=95, n_boot=1000, seed=0, line_kws={"lw": 1.2})
+    for reg, runs in kept.groupby("regularizer"):
+        ax.scatter(runs["pid_over_llid"], runs[VAL_ACC], c=runs["strength"], cmap=plotting.strength_cmap(reg),
+                   norm=norms[reg], marker=plotting.MARKERS[reg], s=60, edgecolor="black", linewidth=0.5, zorder=3)
+    unfinished = kept[~kept["finished"]]
+    ax.scatter(unfinished["pid_over_llid"], unfinished[VAL_ACC], **plotting.UNFINISHED)
+    ax.set_title(f"{dataset}: Pearson r = {r:.2f} (p = {p:.2g}, n = {n})")
+    ax.set_xlabel("PID / LLID (validation)")
     ax.set_ylabel("validation accuracy")
-fig.suptitle("PID/LLID vs validation accuracy\n(runs not over-regularized; o weight decay, x dropout)", fontsize=10)
-fig.tight_layout()
-fig.savefig(out / "accuracy_vs_pid_over_llid.png", dpi=120)
+for reg in norms:  # horizontal colour bars under the panels, one per regularizer: labels cannot collide
+    mappable = plt.cm.ScalarMappable(norm=norms[reg], cmap=plotting.strength_cmap(reg))
+    fig.colorbar(mappable, ax=axes.ravel().tolist(), orientation="horizontal", location="bottom", shrink=0.6,
+                 aspect=40, pad=0.02, label=f"{plotting.LABELS[reg]} ({'o' if reg == 'weight_decay' else 'x'} markers)")
+handles = [Line2D([], [], color="0.35", lw=1.2, label="least-squares line, 95% bootstrap band")]
+if not kept_all["finished"].all():
+    handles.append(plotting.unfinished_handle())
+plotting.legend_below(fig, handles)
+fig.suptitle("Validation accuracy against PID / LLID at the last evaluation\n"
+             "(runs at or below each panel's over-regularization cut)")
+plotting.save_figure(fig, out, "accuracy_vs_pid_over_llid")
 
 # %%
-(out / "accuracy_vs_pid_over_llid.json").write_text(json.dumps(metrics, indent=1))
-print(json.dumps(metrics, indent=1))
+plotting.save_json(out / "accuracy_vs_pid_over_llid.json", metrics)
+metrics

@@ -11,53 +11,51 @@
 # ---
 
 # %% [markdown]
-# # Over-regularization collapses PID and accuracy (Brown et al. 2022, Fig. C)
+# # Fig. C: peak ID and accuracy against regularization strength (Brown et al. 2022)
 #
 # Rows: data sets. Columns: weight decay (log axis) and dropout (linear axis). y: the validation-set
-# peak ID over layers (PID) after the last epoch; colour: validation accuracy.
+# peak ID over layers (PID) at the last evaluation; colour: validation accuracy.
 #
-# **The red line (over-regularization threshold) is found from the data, not placed by eye:** it is
+# **The vertical line (over-regularization threshold) is found from the data, not placed by eye:** it is
 # the strongest setting of the panel whose validation accuracy is still within `tolerance` (absolute)
 # of the panel's best run (`actid.analysis.over_regularization_threshold`). Runs to its right are
 # over-regularized. The rule looks at accuracy only, so whether the PID falls to the right of the line
 # is a finding: `pid_over_regularized_vs_rest` in the metrics is the median PID of the over-regularized
 # runs divided by that of the others (< 1: the PID falls with accuracy, as the paper reports).
 #
-# Paper (placed by eye): CIFAR-100 WD 1e-3, dropout 0.25; CIFAR-10 WD 5e-4, dropout 0.35.
+# Paper (lines placed by eye): CIFAR-100 WD 1e-3, dropout 0.25; CIFAR-10 WD 5e-4, dropout 0.35.
 #
-# Output: `pid_vs_strength.png` and `pid_vs_strength.json` (DVC metrics).
+# Output, in `out_dir`: `pid_vs_strength.png`/`.pdf` and `pid_vs_strength.json` (DVC metrics).
+# `out_dir = None` writes to the scratch folder `build/figures/regularization`.
 
 # %% tags=["parameters"]
 runs_dir = "runs/regularization"
-out_dir = "figures/regularization"
+out_dir = None  # None: build/figures/regularization (scratch); the DVC stage passes figures/regularization
 tolerance = 0.02  # accuracy below the panel's best that still counts as not over-regularized
 
 # %%
-import json
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
+from matplotlib.colors import Normalize
+from matplotlib.lines import Line2D
 
+from actid import plotting
 from actid.analysis import final_rows, over_regularization_threshold
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
 
 VAL_ACC = acc("val")
+plotting.use_style()
 
 final = final_rows(load_runs(resolve(runs_dir)))
 final = final[final["regularizer"] != "both"]
-out = resolve(out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = plotting.output_dir(out_dir, "regularization")
 datasets = list(final["dataset"].unique())
 final[["dataset", "regularizer", "strength", PID, LLID, VAL_ACC, "finished"]]
 
 # %%
-LABEL = {"weight_decay": "weight decay", "dropout": "dropout p"}
-fig, axes = plt.subplots(len(datasets), 2, figsize=(8.4, 3.2 * len(datasets)), squeeze=False)
+accuracy_norm = Normalize(final[VAL_ACC].min(), final[VAL_ACC].max())  # one colour scale for all panels
+fig, axes = plt.subplots(len(datasets), 2, figsize=(10.0, 3.8 * len(datasets) + 0.8), squeeze=False)
 metrics = {}
 for row, dataset in zip(axes, datasets):
     for ax, reg in zip(row, ("weight_decay", "dropout")):
@@ -70,25 +68,34 @@ for row, dataset in zip(axes, datasets):
         ratio = (runs.loc[over, PID].median() / runs.loc[~over, PID].median()) if over.any() else None
         metrics[f"{dataset}/{reg}"] = {
             "threshold": threshold, "best_val_acc": float(runs[VAL_ACC].max()), "tolerance": tolerance,
-            "n_runs": int(len(runs)), "n_over_regularized": int(over.sum()),
+            "n_runs": int(len(runs)), "n_over_regularized": int(over.sum()), "n_unfinished": int((~runs["finished"]).sum()),
             "median_pid_rest": float(runs.loc[~over, PID].median()),
             "median_pid_over_regularized": float(runs.loc[over, PID].median()) if over.any() else None,
             "pid_over_regularized_vs_rest": float(ratio) if ratio is not None else None,
             "median_val_acc_over_regularized": float(runs.loc[over, VAL_ACC].median()) if over.any() else None,
         }
-        sc = ax.scatter(runs["strength"], runs[PID], c=runs[VAL_ACC], cmap="viridis", edgecolor="k", linewidth=0.4,
-                        marker="o" if reg == "weight_decay" else "X", s=45)
-        fig.colorbar(sc, ax=ax, label="validation accuracy")
-        ax.axvline(threshold, color="red", lw=1.2)
+        ax.axvline(threshold, color=plotting.COLORS["threshold"], lw=1.4, zorder=1)
+        ax.scatter(runs["strength"], runs[PID], c=runs[VAL_ACC], cmap="viridis", norm=accuracy_norm,
+                   edgecolor="black", linewidth=0.4, marker=plotting.MARKERS[reg], s=60, zorder=3)
+        unfinished = runs[~runs["finished"]]
+        ax.scatter(unfinished["strength"], unfinished[PID], **plotting.UNFINISHED)
         if reg == "weight_decay":
             ax.set_xscale("log")
-        ax.set_xlabel(LABEL[reg])
+        ax.set_xlabel(plotting.LABELS[reg])
         ax.set_ylabel("validation PID")
-        ax.set_title(f"{dataset}, {LABEL[reg]}: threshold {threshold:g}", fontsize=9)
-fig.suptitle(f"PID vs regularization; red: strongest setting within {tolerance:g} of the best accuracy", fontsize=10)
-fig.tight_layout()
-fig.savefig(out / "pid_vs_strength.png", dpi=120)
+        ratio_text = f"{ratio:.2f}" if ratio is not None else "n/a"
+        ax.set_title(f"{dataset}, {plotting.LABELS[reg]}: threshold {threshold:g}\n"
+                     f"median PID beyond / at or below it: {ratio_text}")
+fig.colorbar(plt.cm.ScalarMappable(norm=accuracy_norm, cmap="viridis"), ax=axes.ravel().tolist(),
+             label="validation accuracy", shrink=0.9)
+handles = [Line2D([], [], color=plotting.COLORS["threshold"], lw=1.4,
+                  label=f"over-regularization threshold: strongest setting within {tolerance:g} of the best accuracy")]
+if not final["finished"].all():
+    handles.append(plotting.unfinished_handle())
+plotting.legend_below(fig, handles, ncol=1)
+fig.suptitle("Validation PID at the last evaluation against regularization strength")
+plotting.save_figure(fig, out, "pid_vs_strength")
 
 # %%
-(out / "pid_vs_strength.json").write_text(json.dumps(metrics, indent=1))
-print(json.dumps(metrics, indent=1))
+plotting.save_json(out / "pid_vs_strength.json", metrics)
+metrics

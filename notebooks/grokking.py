@@ -11,93 +11,117 @@
 # ---
 
 # %% [markdown]
-# # Grokking and the last-layer ID (Brown et al. 2022, Fig. D)
+# # Fig. D: validation LLID and accuracy during grokking (Brown et al. 2022)
 #
 # A 2-layer transformer learns modular division. It memorizes the training equations first and
 # generalizes ("groks") much later; the paper reports that the validation-set **LLID** (TwoNN ID of
-# the last block's MLP output on the validation equations) drops at the same time.
+# the last block's MLP output on the validation equations) drops at the same time. This notebook
+# measures when each run groks and when its LLID falls fastest, and the lag between the two.
 #
 # Input: the raw runs written by `python -m actid.sweep grokking` (stage `grokking` of `dvc.yaml`).
-# Output: `grokking.png` (one panel per run: validation LLID and validation accuracy against steps),
-# `summary.csv` (per-run statistics) and `metrics.json` (the summary DVC tracks).
+# Output, in `out_dir`: `grokking.png`/`.pdf` (one panel per train fraction and weight decay, one line
+# style per seed), `summary.csv` (per-run statistics) and `metrics.json` (the summary DVC tracks).
+# With `out_dir = None` (opening the notebook in JupyterLab) they go to the scratch folder
+# `build/figures/grokking`; the DVC stage writes `figures/grokking`.
 #
-# "p" in the paper's panel titles is the **train fraction** (an inference; see the reproduction notes).
+# "p" in the paper's panel titles is the **train fraction** (an inference: see `docs/reproduction.md`).
 
 # %% tags=["parameters"]
 runs_dir = "runs/grokking"  # relative to the repository root, or absolute
-out_dir = "figures/grokking"
+out_dir = None  # None: build/figures/grokking (scratch); the DVC stage passes figures/grokking
 grok_threshold = 0.5  # validation accuracy that counts as generalized
 id_column = "llid"  # or "pid", or "id/blocks.0.mlp", ...
 
 # %%
-import json
-
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
+from actid import plotting
 from actid.analysis import grokking_summary
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import STEP, acc as accuracy_of
 
 VAL_ACC, TRAIN_ACC = accuracy_of("val"), accuracy_of("train")
+plotting.use_style()
+id_label = {"llid": "LLID", "pid": "PID"}.get(id_column, id_column)
 
 runs = load_runs(resolve(runs_dir))
-out = resolve(out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = plotting.output_dir(out_dir, "grokking")
 print(f"{runs['run'].nunique()} runs, {len(runs)} evaluation rows from {resolve(runs_dir)}")
 
 # %%
 summary = pd.DataFrame({name: grokking_summary(run, grok_threshold, id_column=id_column)
                         for name, run in runs.groupby("run")}).T
-config = runs.groupby("run")[["train_fraction", "weight_decay", "optimizer"]].first()
-summary = config.join(summary).sort_values(["train_fraction", "weight_decay"])
-summary.to_csv(out / "summary.csv")
+config = runs.groupby("run")[["train_fraction", "weight_decay", "optimizer", "seed", "finished"]].first()
+summary = config.join(summary).sort_values(["train_fraction", "weight_decay", "seed"])
+plotting.save_csv(summary, out / "summary.csv")
 summary
 
 # %%
 fractions = sorted(runs["train_fraction"].unique())
 decays = sorted(runs["weight_decay"].unique())
-fig, axes = plt.subplots(len(fractions), len(decays), figsize=(3.4 * len(decays), 2.7 * len(fractions)),
+seeds = sorted(runs["seed"].unique())
+style_of_seed = {s: plotting.SEED_LINESTYLES[i % len(plotting.SEED_LINESTYLES)] for i, s in enumerate(seeds)}
+id_color, acc_color = plotting.COLORS["id"], plotting.COLORS["val_acc"]
+fig, axes = plt.subplots(len(fractions), len(decays), figsize=(max(4.2 * len(decays), 7.0), 3.6 * len(fractions)),
                          squeeze=False, sharex=True)
-twins = {}
-for name, run in runs.groupby("run"):  # one line per run; runs differing only by seed share a panel
-    frac, wd = run["train_fraction"].iloc[0], run["weight_decay"].iloc[0]
+twins = {ax: ax.twinx() for ax in axes.flat}  # one accuracy axis per panel
+for (frac, wd), panel in summary.groupby(["train_fraction", "weight_decay"]):
     ax = axes[fractions.index(frac)][decays.index(wd)]
-    acc = twins.setdefault(id(ax), ax.twinx())
-    run = run.sort_values(STEP)
-    stats = summary.loc[name]
-    ax.plot(run[STEP], run[id_column], color="tab:green", lw=1.3)
-    acc.plot(run[STEP], run[VAL_ACC], color="tab:blue" if stats["grokked"] else "tab:red", lw=1.3)
-    acc.plot(run[STEP], run[TRAIN_ACC], color="gray", lw=0.7, ls="--")
-    if stats["grokked"]:
-        ax.axvline(stats["grok_step"], color="tab:blue", ls=":", lw=1)
-    ax.axvline(stats["llid_drop_step"], color="tab:green", ls=":", lw=1)
-    ax.set_title(f"p: {frac}, WD: {wd:g}", fontsize=9)
-    ax.set_ylabel(f"validation {id_column}", color="tab:green", fontsize=8)
-    acc.set_ylim(-0.02, 1.02)
-    acc.set_ylabel("accuracy", fontsize=8)
+    acc_ax = twins[ax]
+    for name, stats in panel.iterrows():
+        run = runs[runs["run"] == name].sort_values(STEP)
+        ls = style_of_seed[stats["seed"]]
+        ax.plot(run[STEP], run[id_column], color=id_color, ls=ls, lw=1.4)
+        acc_ax.plot(run[STEP], run[VAL_ACC], color=acc_color, ls=ls, lw=1.4)
+        acc_ax.plot(run[STEP], run[TRAIN_ACC], color=plotting.COLORS["train_acc"], ls=ls, lw=0.8)
+        if stats["grokked"]:
+            acc_ax.plot(stats["grok_step"], grok_threshold, "^", color=acc_color, ms=8, mec="black", mew=0.6)
+        drop = run[run[STEP] == stats["llid_drop_step"]]
+        ax.plot(drop[STEP], drop[id_column], "v", color=id_color, ms=8, mec="black", mew=0.6)
+        if not stats["finished"]:
+            ax.scatter(run[STEP].iloc[-1:], run[id_column].iloc[-1:], **plotting.UNFINISHED)
+    grok_steps = ", ".join(f"{s:.0f}" for s in panel["grok_step"] if np.isfinite(s)) or "none"
+    ax.set_title(f"train fraction {frac:g}, weight decay {wd:g}\n"
+                 f"grokked {int(panel['grokked'].sum())}/{len(panel)}; grok step: {grok_steps}")
+    ax.tick_params(axis="y", colors=id_color)
+    acc_ax.set_ylim(-0.02, 1.02)
+    acc_ax.tick_params(axis="y", colors=acc_color)
+    acc_ax.grid(False)
 for ax in axes[-1]:
     ax.set_xlabel("training step")
-fig.suptitle(f"Validation {id_column} (green) and validation accuracy (blue: groks; red: never reaches "
-             f"{grok_threshold:.0%})\ndotted: steepest {id_column} drop after memorization (green), val acc crossing {grok_threshold:.0%} (blue); train acc dashed", fontsize=9)
-fig.tight_layout()
-fig.savefig(out / "grokking.png", dpi=120)
+for ax in axes[:, 0]:
+    ax.set_ylabel(f"validation {id_label}", color=id_color)
+for ax in axes[:, -1]:
+    twins[ax].set_ylabel("accuracy", color=acc_color)
+handles = [Line2D([], [], color=id_color, label=f"validation {id_label} (left axis)"),
+           Line2D([], [], color=acc_color, label="validation accuracy (right axis)"),
+           Line2D([], [], color=plotting.COLORS["train_acc"], lw=0.8, label="train accuracy (right axis)"),
+           Line2D([], [], marker="^", color=acc_color, mec="black", ls="none", ms=8,
+                  label=f"grok step: validation accuracy reaches {grok_threshold:.0%}"),
+           Line2D([], [], marker="v", color=id_color, mec="black", ls="none", ms=8,
+                  label=f"steepest {id_label} drop after memorization")]
+if len(seeds) > 1:
+    handles += [Line2D([], [], color="black", ls=style_of_seed[s], label=f"seed {s}") for s in seeds]
+if not summary["finished"].all():
+    handles.append(plotting.unfinished_handle())
+plotting.legend_below(fig, handles, ncol=2)
+fig.suptitle(f"Validation {id_label} and accuracy against training step ({len(summary)} runs)")
+plotting.save_figure(fig, out, "grokking")
 
 # %%
 grokked = summary[summary["grokked"]]
 metrics = {
     "n_runs": int(len(summary)),
     "n_grokked": int(len(grokked)),
+    "n_unfinished": int((~summary["finished"].astype(bool)).sum()),
     "median_lag_steps": float(np.median(grokked["lag_steps"])) if len(grokked) else None,
     "median_abs_lag_steps": float(np.median(np.abs(grokked["lag_steps"]))) if len(grokked) else None,
-    "runs": {name: {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                    for k, v in row.items() if k in ("grok_step", "llid_drop_step", "lag_steps", "final_val_acc")}
+    "runs": {name: {k: v for k, v in row.items() if k in ("grok_step", "llid_drop_step", "lag_steps", "final_val_acc")}
              for name, row in summary.iterrows()},
 }
-(out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
-print(json.dumps({k: v for k, v in metrics.items() if k != "runs"}, indent=1))
+plotting.save_json(out / "metrics.json", metrics)
+print({k: v for k, v in metrics.items() if k != "runs"})

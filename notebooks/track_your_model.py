@@ -41,10 +41,12 @@ from torch import nn
 from torch.nn import functional as F
 
 import actid
+from actid import plotting
 from actid.data.images import load_image_dataset
 from actid.paths import resolve
 from actid.runs import load_runs
 
+plotting.use_style()
 torch.manual_seed(0)
 data = load_image_dataset("mnist5k")  # (n, 1, 32, 32), normalised
 pick = torch.randperm(len(data.val_y), generator=torch.Generator().manual_seed(0))[:probe_size]  # fixed, all classes
@@ -111,7 +113,7 @@ mlp_runs = train_and_track(mlp, ["2", "4"], "mlp", {"id": {"options": {"n_resamp
                                                     "gradient_alignment": {"probe": "grad"}})
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 for ax, runs, title in [(axes[0], resnet_runs, "torchvision ResNet-18"), (axes[1], mlp_runs, "nn.Sequential MLP")]:
     for column in [c for c in runs if c.startswith("id/")]:
         ax.plot(runs["step"], runs[column], marker="o", label=column.removeprefix("id/"))

@@ -157,6 +157,7 @@ def test_figure_notebook_runs_under_papermill_on_tiny_runs(tmp_path):
     papermill.execute_notebook(str(source), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
                                parameters={"runs_dir": str(tmp_path / "runs"), "out_dir": str(tmp_path / "fig")})
     assert (tmp_path / "fig" / "grokking.png").stat().st_size > 10_000
+    assert (tmp_path / "fig" / "grokking.pdf").read_bytes()[:5] == b"%PDF-"
     metrics = json.loads((tmp_path / "fig" / "metrics.json").read_text())
     assert metrics["n_runs"] == 2 and set(metrics["runs"]) == {"weight_decay=0.0", "weight_decay=0.1"}
     assert len(pd.read_csv(tmp_path / "fig" / "summary.csv")) == 2

@@ -28,7 +28,7 @@ def test_recipes_are_written_out_in_the_resolved_config():
     assert (c10["dataset"], c10["schedule"], c10["rotate_degrees"], c10["flip"]) == ("cifar10", "cosine", 0.0, True)
     # the paper's protocol: TwoNN 20 x 90% on the whole validation split
     assert c100["probes"]["val"]["max_points"] == 0 and c100["measures"]["id"]["options"]["n_resamples"] == 20
-    # the official cifar10_id config (pitfall P4) is an override away, and the override is recorded
+    # the official cifar10_id config (pitfall P4, docs/reproduction.md) is an override away, and the override is recorded
     p4 = resolve({"recipe": "cifar100", "dataset": "cifar10"})
     assert p4["dataset"] == "cifar10" and p4["schedule"] == "multistep"
     assert resolve({"recipe": "mnist5k"})["flip"] is False
@@ -151,6 +151,7 @@ def test_figure_notebook_under_papermill(tmp_path, notebook, stem):
                             input=ipynb, capture_output=True)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 10_000
+    assert (tmp_path / "fig" / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
     metrics = json.loads((tmp_path / "fig" / f"{stem}.json").read_text())
     table = pd.DataFrame(rows, columns=["weight_decay", "dropout", "llid", "pid", "val_acc"])
     if stem == "llid_vs_strength":

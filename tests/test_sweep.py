@@ -83,6 +83,24 @@ def test_a_device_override_reuses_finished_runs(swept):
     assert listing(swept) == before
 
 
+def test_set_may_come_before_the_experiment_name(swept):
+    before = listing(swept)
+    main(["--set", "device=cpu", "eval_batch_size=64", "grokking", "--params",
+          str(_params_file(swept.parent, params())), "--profile", "tiny", "--out", str(swept)])
+    assert listing(swept) == before  # parsed as the same command: finished runs reused
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "device=cpu"], "required: experiment"),
+    (["--set", "device", "grokking"], "KEY=VALUE pairs; not one: device"),
+    (["grokking", "--set", "steps=5", "regularization"], "KEY=VALUE pairs; not one: regularization"),
+])
+def test_bad_set_arguments_are_refused_by_name(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
 def test_an_unfinished_run_on_another_device_is_not_resumed_silently(tmp_path):
     run_sweep("grokking", params({"weight_decay": [0.0]}), tmp_path, "tiny", stop_after=4)
     run = Run(tmp_path / "weight_decay=0.0")

@@ -4,7 +4,9 @@ A run's config is flat. ``recipe`` names one of :data:`RECIPES`, the official tr
 (SGD lr 0.1, momentum 0.9, batch 128, 200 epochs; CIFAR-100: multistep x0.2 at epochs 60/120/160 and
 rotation 15; CIFAR-10: cosine, no rotation); :func:`resolve` writes every value of the recipe into the
 config, so ``config.json`` states the whole recipe and any key can still be overridden (the official
-``cifar10_id`` config, for instance, is CIFAR-10 data under the CIFAR-100 schedule and rotation: pitfall P4).
+``cifar10_id`` config, for instance, is CIFAR-10 data under the CIFAR-100 schedule and rotation: pitfall P4
+in ``docs/reproduction.md``; the normalization constants follow ``dataset``, so that override keeps
+CIFAR-10's where the official config used CIFAR-100's).
 
 Lengths are in epochs (``epochs``, ``eval_every_epochs``, ``milestone_epochs``); :func:`build` turns
 them into optimizer steps from the training-set size. By default the IDs of the six layers are measured on the

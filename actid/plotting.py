@@ -1,0 +1,102 @@
+"""One figure style for every notebook: seaborn theme, a colour per condition, markers for
+unfinished runs, and outputs (PNG + PDF, JSON, CSV) written atomically to a chosen folder.
+
+Interactive use and the pipeline differ on purpose: a notebook's ``out_dir`` parameter is ``None``
+by default, so exploring in JupyterLab writes to the scratch folder ``build/figures/<name>`` (figures
+also show inline); the DVC stages pass ``out_dir=figures/<name>`` through papermill.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.colors import ListedColormap
+from matplotlib.lines import Line2D
+
+from actid.paths import ROOT, resolve
+from actid.runs import atomic_write
+
+_PALETTE = sns.color_palette("colorblind")
+# The same condition has the same colour in every figure.
+COLORS = {
+    "weight_decay": _PALETTE[0],  # blue
+    "dropout": _PALETTE[1],  # orange
+    "id": _PALETTE[2],  # green: an intrinsic dimension over training
+    "val_acc": _PALETTE[0],
+    "train_acc": "0.55",  # grey
+    "threshold": _PALETTE[3],  # vermillion: over-regularization threshold
+}
+MARKERS = {"weight_decay": "o", "dropout": "X"}
+LABELS = {"weight_decay": "weight decay", "dropout": "dropout p"}
+SEED_LINESTYLES = ["-", "--", "-.", ":"]
+# Drawn around a point (or at the end of a curve) whose run has not finished: its values are not final.
+UNFINISHED = dict(marker="s", s=140, facecolors="none", edgecolors="black", linewidths=1.0, linestyles="--",
+                  zorder=5)
+
+
+def use_style() -> None:
+    """The project's matplotlib/seaborn style (call once per notebook, before plotting)."""
+    sns.set_theme(context="paper", style="ticks", font_scale=1.25,
+                  rc={"axes.titlesize": "medium", "figure.titlesize": "large", "legend.frameon": False,
+                      "savefig.bbox": "tight", "figure.constrained_layout.use": True})
+
+
+def strength_cmap(regularizer: str) -> ListedColormap:
+    """A sequential colour map in the regularizer's colour for its strength, starting at a light
+    shade rather than white, so the weakest setting stays visible."""
+    base = {"weight_decay": "Blues", "dropout": "Oranges"}[regularizer]
+    return ListedColormap(plt.get_cmap(base)(np.linspace(0.25, 1.0, 256)), name=f"{base}_from_light")
+
+
+def unfinished_handle() -> Line2D:
+    """Legend entry for the UNFINISHED marker."""
+    return Line2D([], [], marker="s", markersize=10, markerfacecolor="none", markeredgecolor="black",
+                  linestyle="none", label="run not finished (last evaluation)")
+
+
+def legend_below(fig: plt.Figure, handles: list, ncol: int | None = None) -> None:
+    """A figure legend under all panels, where it cannot cover data."""
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol or min(len(handles), 3))
+
+
+def output_dir(out_dir: str | Path | None, name: str) -> Path:
+    """The folder a notebook writes to: ``out_dir`` if given (relative to the repository root), else
+    the git-ignored scratch folder ``build/figures/<name>``, so that interactive runs never overwrite
+    the tracked figures that ``dvc repro`` produces."""
+    path = resolve(out_dir) if out_dir is not None else ROOT / "build" / "figures" / name
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"writing to {path}")
+    return path
+
+
+def save_figure(fig: plt.Figure, out: Path, stem: str, dpi: int = 150) -> None:
+    """``<stem>.png`` and ``<stem>.pdf``, each written atomically; the PDF carries no creation date, so
+    the same data give the same bytes."""
+    atomic_write(out / f"{stem}.png", lambda f: fig.savefig(f, format="png", dpi=dpi))
+    atomic_write(out / f"{stem}.pdf", lambda f: fig.savefig(f, format="pdf", metadata={"CreationDate": None}))
+
+
+def save_json(path: Path, data: dict) -> None:
+    """``data`` as indented JSON (NaN and infinities become null, which JSON readers accept)."""
+    text = json.dumps(_finite(data), indent=1, default=float) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_csv(table, path: Path) -> None:
+    """A pandas table as CSV, written atomically."""
+    atomic_write(path, lambda f: f.write(table.to_csv().encode()))
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
