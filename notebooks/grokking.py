@@ -19,7 +19,7 @@
 # measures when each run groks and when its LLID falls fastest, and the lag between the two.
 #
 # Input: the raw runs written by `python -m actid.sweep grokking` (stage `grokking` of `dvc.yaml`).
-# Output, in `out_dir`: `grokking.png`/`.pdf` (one panel per train fraction and weight decay, one line
+# Output, in `out_dir`: `grokking.png`/`.pdf` (one panel per train fraction and weight decay (WD), one line
 # style per seed), `summary.csv` (per-run statistics) and `metrics.json` (the summary DVC tracks).
 # With `out_dir = None` (opening the notebook in JupyterLab) they go to the scratch folder
 # `build/figures/grokking`; the DVC stage writes `figures/grokking`.
@@ -66,7 +66,7 @@ decays = sorted(runs["weight_decay"].unique())
 seeds = sorted(runs["seed"].unique())
 style_of_seed = {s: plotting.SEED_LINESTYLES[i % len(plotting.SEED_LINESTYLES)] for i, s in enumerate(seeds)}
 id_color, acc_color = plotting.COLORS["id"], plotting.COLORS["val_acc"]
-fig, axes = plt.subplots(len(fractions), len(decays), figsize=(max(4.2 * len(decays), 7.0), 3.6 * len(fractions)),
+fig, axes = plt.subplots(len(fractions), len(decays), figsize=(max(3.6 * len(decays), 7.0), 3.1 * len(fractions) + 1.2),
                          squeeze=False, sharex=True)
 twins = {ax: ax.twinx() for ax in axes.flat}  # one accuracy axis per panel
 for (frac, wd), panel in summary.groupby(["train_fraction", "weight_decay"]):
@@ -85,7 +85,7 @@ for (frac, wd), panel in summary.groupby(["train_fraction", "weight_decay"]):
         if not stats["finished"]:
             ax.scatter(run[STEP].iloc[-1:], run[id_column].iloc[-1:], **plotting.UNFINISHED)
     grok_steps = ", ".join(f"{s:.0f}" for s in panel["grok_step"] if np.isfinite(s)) or "none"
-    ax.set_title(f"train fraction {frac:g}, weight decay {wd:g}\n"
+    ax.set_title(f"train fraction {frac:g}, WD {wd:g}\n"
                  f"grokked {int(panel['grokked'].sum())}/{len(panel)}; grok step: {grok_steps}")
     ax.tick_params(axis="y", colors=id_color)
     acc_ax.set_ylim(-0.02, 1.02)
