@@ -25,25 +25,35 @@ def steepest_drop(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return float(steps[i + 1]), float(rate[i])
 
 
-def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: float = 0.99,
-                     id_column: str = LLID) -> dict:
-    """Grokking statistics of one run (rows sorted by step).
+def centred_mean(values: np.ndarray, width: int = 3) -> np.ndarray:
+    """Centred moving mean over ``width`` points; NaN where the window does not fit (the ends)."""
+    return pd.Series(values, dtype=float).rolling(width, center=True).mean().to_numpy()
 
-    memorization_step: first step with train accuracy >= ``memorized``.
-    grok_step: first step with validation accuracy >= ``grok_threshold`` (NaN if never).
-    llid_drop_step: end of the steepest decrease of the validation ``id_column`` per step, searched
-        from the memorization step on (every run starts with an early ID spike and dip that is
-        not the grokking drop; a run that never memorizes is searched from its second point).
+
+def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: float = 0.99,
+                     id_column: str = LLID, co_occurrence_intervals: float = 2) -> dict:
+    """Grokking statistics of one run (the statistic was fixed before any tuning of the default profile).
+
+    memorization_step: first evaluation with train accuracy >= ``memorized``.
+    grok_step: first evaluation with validation accuracy >= ``grok_threshold`` (NaN if never).
+    llid_drop_step: end of the steepest decrease of the centred 3-point mean of the validation
+        ``id_column`` between consecutive evaluations, searched from the memorization step on (every
+        run starts with an early ID spike and dip that is not the grokking drop; a run that never
+        memorizes is searched from its second evaluation).
     lag_steps: llid_drop_step - grok_step (negative: the ID drops first).
+    co_occurs: |lag_steps| <= ``co_occurrence_intervals`` evaluation intervals (median step spacing).
     """
     run = run.sort_values(STEP)
     steps = run[STEP].to_numpy(float)
     grok = first_crossing(steps, run[VAL_ACC].to_numpy(), grok_threshold)
     memorization = first_crossing(steps, run[TRAIN_ACC].to_numpy(), memorized)
-    after = steps >= (memorization if np.isfinite(memorization) else steps[1])
-    if after.sum() < 2:
-        after[-2:] = True
-    drop_step, drop_rate = steepest_drop(steps[after], run[id_column].to_numpy()[after])
+    smooth = centred_mean(run[id_column].to_numpy())
+    after = (steps >= (memorization if np.isfinite(memorization) else steps[1])) & np.isfinite(smooth)
+    if after.sum() < 2:  # too few evaluations after memorization: use the last smoothed ones
+        after = np.isfinite(smooth) & (np.cumsum(np.isfinite(smooth)[::-1])[::-1] <= 2)
+    drop_step, drop_rate = steepest_drop(steps[after], smooth[after])
+    interval = float(np.median(np.diff(steps)))
+    lag = drop_step - grok
     return {
         "memorization_step": memorization,
         "grok_step": grok,
@@ -51,7 +61,9 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
         "final_val_acc": float(run[VAL_ACC].iloc[-1]),
         "llid_drop_step": drop_step,
         "llid_drop_per_1k_steps": drop_rate,
-        "lag_steps": drop_step - grok,
+        "lag_steps": lag,
+        "eval_interval": interval,
+        "co_occurs": bool(np.isfinite(lag) and abs(lag) <= co_occurrence_intervals * interval),
         "llid_start": float(run[id_column].iloc[0]),
         "llid_final": float(run[id_column].iloc[-1]),
     }

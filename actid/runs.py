@@ -321,6 +321,9 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
             df[key] = value
     df.insert(0, "run", run.name)
     df["finished"] = run.is_finished
+    profile = run.meta().get("profile")
+    if profile is not None:  # the params.yaml profile of a sweep's run (a Tracker run has none)
+        df["profile"] = profile
     return df
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,8 @@ class TrainConfig:
     snapshot_every: keep the model's weights at every k-th evaluation (0: never; the last is
         included), e.g. to rewind layers later.
     amp: bfloat16 autocast for the training forward pass (weights, optimizer and evaluation stay fp32).
+        Meant for CUDA; on a CPU without native bf16 (AVX512-BF16 or AMX) it is ~10x slower than fp32,
+        and a warning says so.
     """
 
     steps: int = 1000
@@ -253,6 +256,11 @@ def evaluate(task: Task, cfg: TrainConfig, measures: list[Measure], probes: dict
     return row
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where CPU autocast pays off."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def runtime(device: torch.device, amp: bool, threads: int | None = None) -> dict:
     """The facts of where a run trains that change its numbers (see :data:`actid.runs.NUMERICS`); ``threads``
     defaults to this process's CPU thread count."""
@@ -303,6 +311,9 @@ def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after) 
     sampler = EpochSampler(len(task.train_x), cfg.batch_size, cfg.seed, task.train_x.device)
     aug_gen = torch.Generator(device=task.train_x.device).manual_seed(cfg.seed + 1)
     now = runtime(device, cfg.amp)
+    if cfg.amp and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("amp=true on a CPU without native bf16 (AVX512-BF16/AMX): bf16 autocast is emulated and ~10x "
+                      "slower than fp32 here; set amp=false (e.g. --set amp=false)", stacklevel=2)
 
     step, rows, elapsed = 0, [], 0.0
     state = run.load_checkpoint()

@@ -34,3 +34,10 @@ def test_relative_links_in_markdown_resolve():
             if not target.startswith(("http://", "https://", "mailto:")) and not (doc.parent / target).exists():
                 broken.append(f"{doc.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def test_readme_embeds_the_generated_claims_table():
+    """figures/claims.md is written by the pipeline (stage `claims`); the README shows the same table."""
+    claims = (ROOT / "figures" / "claims.md").read_text()
+    table = "\n".join(line for line in claims.splitlines() if line.startswith("|"))
+    assert table.count("\n") >= 2 and table in (ROOT / "README.md").read_text()

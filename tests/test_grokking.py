@@ -97,6 +97,12 @@ def test_a_short_run_writes_a_valid_run_directory(tmp_path):
     assert (tmp_path / "run" / "done.json").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_cpu_autocast_without_native_bf16_warns(tmp_path, monkeypatch):
+    monkeypatch.setattr("actid.train.cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="amp=false"):
+        train(*build({**TINY, "steps": 2, "eval_every": 2, "amp": True}), tmp_path / "run", progress=False)
+
+
 def test_unknown_config_key_is_refused():
     with pytest.raises(KeyError, match=r"unknown config key\(s\) \['weight_decy'\]"):
         build({**TINY, "weight_decy": 0.1})
@@ -133,12 +139,14 @@ def test_grokking_summary_finds_the_crossing_and_the_drop():
     steps = np.arange(0, 1100, 100)
     run = pd.DataFrame({"step": steps, "train_acc": np.minimum(1, steps / 200),
                         "val_acc": np.where(steps >= 600, 0.95, 0.02),
-                        "llid": np.where(steps >= 700, 5.0, np.where(steps == 0, 40.0, 20.0))})  # early dip ignored
+                        "llid": [40, 20, 20, 20, 20, 20, 20, 18, 8, 6, 5]})  # the early dip is ignored
     s = grokking_summary(run)
     assert s["memorization_step"] == 200 and s["grok_step"] == 600 and s["grokked"]
-    assert s["llid_drop_step"] == 700 and s["lag_steps"] == 100
+    # centred 3-point means at 600..900: 19.33, 15.33, 10.67, 6.33: the steepest step ends at 800
+    assert s["llid_drop_step"] == 800 and s["lag_steps"] == 200 and s["eval_interval"] == 100
+    assert s["co_occurs"] and not grokking_summary(run, co_occurrence_intervals=1.5)["co_occurs"]
     never = grokking_summary(run.assign(val_acc=0.01))
-    assert not never["grokked"] and np.isnan(never["lag_steps"])
+    assert not never["grokked"] and np.isnan(never["lag_steps"]) and not never["co_occurs"]
 
 
 def test_figure_notebook_runs_under_papermill_on_tiny_runs(tmp_path):

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from actid.analysis import final_rows, over_regularization_threshold, pearson, regularizer
@@ -169,6 +170,27 @@ def test_figure_notebook_under_papermill(tmp_path, notebook, stem):
         assert metrics["mnist5k/dropout"]["threshold"] == 0.4
         assert metrics["mnist5k/dropout"]["n_over_regularized"] == 2
         assert metrics["mnist5k/dropout"]["pid_over_regularized_vs_rest"] == pytest.approx(9.0 / 20.4)
+
+
+def test_train_images_is_a_fixed_class_balanced_subset():
+    digits = {"recipe": "mnist5k", "width": 2, "epochs": 2, "device": "cpu"}
+    full, _ = build(digits)
+    task, cfg = build({**digits, "train_images": 50})
+    assert len(task.train_y) == 50 and torch.bincount(task.train_y, minlength=10).tolist() == [5] * 10
+    again, _ = build({**digits, "train_images": 50, "seed": 5})  # the subset does not follow the run seed
+    assert torch.equal(task.train_x, again.train_x) and torch.equal(task.eval_sets["val"][1], full.eval_sets["val"][1])
+    assert cfg.steps == 2 * math.ceil(50 / 128)
+    for bad in (55, 0):
+        with pytest.raises(ValueError, match="multiple of the 10 classes"):
+            build({**digits, "train_images": bad})
+
+
+def test_default_profile_trains_in_fp32():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for experiment in ("grokking", "regularization"):
+        fixed, points = sweep_points(params, experiment, "default")
+        module = __import__(f"actid.experiments.{experiment}", fromlist=["resolve"])
+        assert not any(module.resolve({**fixed, **p})["amp"] for p in points), experiment
 
 
 def test_params_profiles_resolve():

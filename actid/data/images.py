@@ -21,7 +21,7 @@ import functools
 import math
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -137,6 +137,26 @@ def load_image_dataset(name: str, data_dir: str = "data", download: bool = False
         mean, std = CIFAR_STATS[name]
     return ImageData(_normalise(train_x, mean, std).to(device), train_y.to(device),
                      _normalise(val_x, mean, std).to(device), val_y.to(device), n_classes, mean, std, name)
+
+
+def train_subset(data: ImageData, n: int, seed: int = 0) -> ImageData:
+    """The same data with ``n`` training examples, ``n / n_classes`` of each class, drawn with a fixed
+    ``seed`` (independent of the run's seed, so every run of a sweep sees the same images). The
+    normalisation constants stay those of the full set; the validation split is unchanged."""
+    per_class, rest = divmod(n, data.n_classes)
+    if n <= 0 or rest:
+        raise ValueError(f"train_images={n}: use a positive multiple of the {data.n_classes} classes")
+    g = torch.Generator().manual_seed(seed)
+    labels = data.train_y.cpu()
+    picked = []
+    for c in range(data.n_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < per_class:
+            raise ValueError(f"train_images={n} needs {per_class} examples of class {c}; the training split has "
+                             f"{len(idx)}")
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    keep = torch.cat(picked).sort().values.to(data.train_y.device)
+    return replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])
 
 
 class DeviceAugment:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 
 from actid.config import check_keys, pick
-from actid.data.images import CIFAR_DIRS, DeviceAugment, load_image_dataset
+from actid.data.images import CIFAR_DIRS, DeviceAugment, load_image_dataset, train_subset
 from actid.models.resnet import ResNet18
 from actid.paths import resolve as resolve_path
 from actid.train import Task, TrainConfig, resolve_device
@@ -48,6 +48,7 @@ class ImageSetup:
     data_dir: str = "data"  # relative to the repository root
     download: bool = False
     verify_md5: bool = True  # torchvision's checksum of the CIFAR files (False for generated test files)
+    train_images: int | None = None  # a fixed class-balanced subset of the training split (None: all of it)
     width: int = 64
     dropout: float = 0.0
     epochs: int = 200
@@ -94,6 +95,8 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
     device = resolve_device(config["device"])
     data = load_image_dataset(setup.dataset, str(resolve_path(setup.data_dir)), download=setup.download,
                               device=device, verify=setup.verify_md5)
+    if setup.train_images is not None:
+        data = train_subset(data, setup.train_images)
     steps_per_epoch = math.ceil(len(data.train_y) / config["batch_size"])
     train_cfg = replace(pick(TrainConfig, config), steps=setup.epochs * steps_per_epoch,
                         eval_every=setup.eval_every_epochs * steps_per_epoch,
