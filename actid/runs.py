@@ -63,11 +63,23 @@ class RunLockedError(RuntimeError):
     """Another process is writing this run."""
 
 
+def _new_file_mode() -> int:
+    """The permissions ``open()`` would give a new file (0o666 less the umask); mkstemp's are 0o600."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Write ``path`` through ``write(file_object)`` on a temporary file, fsync, then rename over it."""
+    """Write ``path`` through ``write(file_object)`` on a temporary file, fsync, then rename over it.
+
+    The file gets the permissions of the file it replaces, or those of a newly opened file (so a
+    group that shares a results folder can read it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -38,9 +38,11 @@ def main() -> None:
     for experiment in args.experiments:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "actid.sweep", experiment, "--profile", args.profile,
-                            "--jobs", str(args.jobs), "--out", tmp], cwd=ROOT, env=env, check=True,
-                           stdout=subprocess.DEVNULL)
+            done = subprocess.run([sys.executable, "-m", "actid.sweep", experiment, "--profile", args.profile,
+                                   "--jobs", str(args.jobs), "--out", tmp], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode:
+                raise SystemExit(f"{experiment} failed:\n{done.stderr[-3000:]}")
             wall = time.perf_counter() - start
             runs = {d.name: json.loads((d / "done.json").read_text())["train_seconds"]
                     for d in sorted(Path(tmp).iterdir()) if (d / "done.json").exists()}

@@ -20,3 +20,11 @@ def subspace10():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List the artifacts tests recorded (e.g. the JupyterLab screenshot), so they appear in CI logs."""
+    artifacts = [(report.nodeid, value) for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed")
+                 for name, value in report.user_properties if name == "screenshot"]
+    for nodeid, path in artifacts:
+        terminalreporter.write_line(f"artifact: {path} ({nodeid})")

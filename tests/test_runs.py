@@ -154,3 +154,17 @@ def test_a_directory_with_someone_elses_config_json_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not written by actid"):
         Run(tmp_path / "run").write_config(resolve(TINY), {"experiment": "grokking"})
     assert (tmp_path / "run" / "config.json").read_text() == '{"mine": 1}'
+
+
+def test_atomic_writes_get_normal_permissions_not_mkstemps(tmp_path):
+    from actid.runs import atomic_write
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "new.csv", lambda f: f.write(b"a\n"))
+        assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "new.csv").chmod(0o640)  # a mode the user chose is kept on rewrite
+        atomic_write(tmp_path / "new.csv", lambda f: f.write(b"b\n"))
+        assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.csv").read_bytes() == b"b\n" and [p.name for p in tmp_path.iterdir()] == ["new.csv"]
