@@ -19,9 +19,14 @@ def first_crossing(steps: np.ndarray, values: np.ndarray, threshold: float) -> f
 def steepest_drop(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """(step, rate) of the steepest decrease of ``values`` per step between consecutive points.
 
-    The step reported is the end of the steepest interval; rate is the change per 1000 steps."""
+    The step reported is the end of the steepest interval; rate is the change per 1000 steps.
+    (NaN, NaN) when there is no decrease at all (fewer than two points, or values that only rise)."""
+    if len(steps) < 2:
+        return float("nan"), float("nan")
     rate = np.diff(values) / np.diff(steps) * 1000
     i = int(np.argmin(rate))
+    if not rate[i] < 0:
+        return float("nan"), float("nan")
     return float(steps[i + 1]), float(rate[i])
 
 
@@ -39,8 +44,9 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
     llid_drop_step: end of the steepest decrease of the centred 3-point mean of the validation
         ``id_column`` between consecutive evaluations, searched from the memorization step on (every
         run starts with an early ID spike and dip that is not the grokking drop; a run that never
-        memorizes is searched from its second evaluation).
-    lag_steps: llid_drop_step - grok_step (negative: the ID drops first).
+        memorizes is searched from its second evaluation). NaN when the smoothed ID never decreases
+        there, or too few evaluations follow (e.g. a run still in progress).
+    lag_steps: llid_drop_step - grok_step (negative: the ID drops first; NaN if either is NaN).
     co_occurs: |lag_steps| <= ``co_occurrence_intervals`` evaluation intervals (median step spacing).
     """
     run = run.sort_values(STEP)
@@ -48,11 +54,10 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
     grok = first_crossing(steps, run[VAL_ACC].to_numpy(), grok_threshold)
     memorization = first_crossing(steps, run[TRAIN_ACC].to_numpy(), memorized)
     smooth = centred_mean(run[id_column].to_numpy())
-    after = (steps >= (memorization if np.isfinite(memorization) else steps[1])) & np.isfinite(smooth)
-    if after.sum() < 2:  # too few evaluations after memorization: use the last smoothed ones
-        after = np.isfinite(smooth) & (np.cumsum(np.isfinite(smooth)[::-1])[::-1] <= 2)
+    start = memorization if np.isfinite(memorization) else steps[min(1, len(steps) - 1)]
+    after = (steps >= start) & np.isfinite(smooth)
     drop_step, drop_rate = steepest_drop(steps[after], smooth[after])
-    interval = float(np.median(np.diff(steps)))
+    interval = float(np.median(np.diff(steps))) if len(steps) > 1 else float("nan")
     lag = drop_step - grok
     return {
         "memorization_step": memorization,

@@ -25,7 +25,8 @@ def claim(figure: str, text: str, paper: str, ours: str, agrees: bool | None, pr
 
 def profile_label(runs) -> str:
     """The params.yaml profile(s) of the runs behind a figure ("?" when not recorded, e.g. Tracker runs)."""
-    return ", ".join(sorted(map(str, runs["profile"].unique()))) if "profile" in runs else "?"
+    profiles = sorted(map(str, runs["profile"].dropna().unique())) if "profile" in runs else []
+    return ", ".join(profiles) or "?"
 
 
 def correlation_agrees(r: float, p: float, paper_sign: float) -> bool | None:

@@ -83,7 +83,7 @@ def save_figure(fig: plt.Figure, out: Path, stem: str, dpi: int = 150) -> None:
 
 def save_json(path: Path, data: dict) -> None:
     """``data`` as indented JSON (NaN and infinities become null, which JSON readers accept)."""
-    text = json.dumps(_finite(data), indent=1, default=float) + "\n"
+    text = json.dumps(_finite(data), indent=1) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
@@ -93,6 +93,9 @@ def save_csv(table, path: Path) -> None:
 
 
 def _finite(value):
+    """JSON-ready: numpy scalars to Python ones, NaN and infinities to None."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -64,9 +64,15 @@ class RunLockedError(RuntimeError):
 
 
 def _new_file_mode() -> int:
-    """The permissions ``open()`` would give a new file (0o666 less the umask); mkstemp's are 0o600."""
-    umask = os.umask(0o022)
-    os.umask(umask)
+    """The permissions ``open()`` would give a new file (0o666 less the umask); mkstemp's are 0o600.
+
+    The umask is read from /proc where it can be, since setting it to read it back is not thread-safe."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        umask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
     return 0o666 & ~umask
 
 

@@ -261,8 +261,10 @@ def _experiment_from_set(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(f"the following arguments are required: experiment (one of {', '.join(sorted(EXPERIMENTS))})")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; options may come before or after the experiment name, ``--set`` may repeat."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # run_jobs removes --jobs from the shards' argv by name
     parser.add_argument("experiment", nargs="?", choices=sorted(EXPERIMENTS))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--profile", help="default: the params file's top-level `profile`")
@@ -272,10 +274,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--restart", action="store_true",
                         help="set aside unfinished runs that started on another device/autocast/thread count, and "
                              "start them again")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="override a run config key for every run, e.g. --set device=cuda")
     args = parser.parse_args(argv)
     _experiment_from_set(parser, args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     params = yaml.safe_load(args.params.read_text())
     profile = args.profile or params["profile"]
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}

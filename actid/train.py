@@ -258,7 +258,8 @@ def evaluate(task: Task, cfg: TrainConfig, measures: list[Measure], probes: dict
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where CPU autocast pays off."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)  # private torch API: absent means unknown
 
 
 def runtime(device: torch.device, amp: bool, threads: int | None = None) -> dict:

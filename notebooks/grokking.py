@@ -94,7 +94,7 @@ for (frac, wd), panel in summary.groupby(["train_fraction", "weight_decay"]):
             ax.scatter(run[STEP].iloc[-1:], run[id_column].iloc[-1:], **plotting.UNFINISHED)
     grokked = panel[panel["grokked"]]
     detail = ("grok step " + " / ".join(f"{s:.0f}" for s in grokked["grok_step"]) + "; lag " +
-              " / ".join(f"{lag:+.0f}" for lag in grokked["lag_steps"])) if len(grokked) else \
+              " / ".join(f"{lag:+.0f}" if np.isfinite(lag) else "no drop" for lag in grokked["lag_steps"])) if len(grokked) else \
         f"val acc never reaches {grok_threshold:.0%}"
     ax.set_title(f"train fraction {frac:g}, WD {wd:g}\n{detail}")
     ax.tick_params(axis="y", colors=id_color)
@@ -113,7 +113,7 @@ handles = [Line2D([], [], color=id_color, label=f"validation {id_label} (left ax
            Line2D([], [], marker="^", color=acc_color, mec="black", ls="none", ms=8,
                   label=f"grok step: validation accuracy reaches {grok_threshold:.0%}"),
            Line2D([], [], marker="v", color=id_color, mec="black", ls="none", ms=8,
-                  label=f"steepest drop of the 3-point mean {id_label}\nafter memorization (lag: from grok step)")]
+                  label=f"steepest drop of the 3-point mean {id_label} after\nmemorization, on the raw curve (lag: from grok step)")]
 if len(seeds) > 1:
     handles += [Line2D([], [], color="black", ls=style_of_seed[s], label=f"seed {s}") for s in seeds]
 if not summary["finished"].all():
@@ -126,13 +126,14 @@ plotting.save_figure(fig, out, "grokking")
 
 # %%
 grokked = summary[summary["grokked"]]
+lags = grokked["lag_steps"].astype(float).dropna()
 metrics = {
     "n_runs": int(len(summary)),
     "n_grokked": int(len(grokked)),
     "n_unfinished": int((~summary["finished"].astype(bool)).sum()),
     "n_co_occurring": int(summary["co_occurs"].sum()),
-    "median_lag_steps": float(np.median(grokked["lag_steps"])) if len(grokked) else None,
-    "median_abs_lag_steps": float(np.median(np.abs(grokked["lag_steps"]))) if len(grokked) else None,
+    "median_lag_steps": float(np.median(lags)) if len(lags) else None,  # grokking runs with an LLID drop
+    "median_abs_lag_steps": float(np.median(np.abs(lags))) if len(lags) else None,
     "runs": {name: {k: v for k, v in row.items() if k in ("grok_step", "llid_drop_step", "lag_steps", "co_occurs", "final_val_acc")}
              for name, row in summary.iterrows()},
 }
@@ -140,7 +141,9 @@ profile = profile_label(runs)
 metrics["claims"] = [claim(
     "D", f"the validation {id_label} drops when the model groks", "drop at the accuracy jump (read from the figure)",
     f"{n_co} of {n_grokked} grokking runs: steepest drop within {co_occurrence_intervals:g} evaluations of the "
-    f"{grok_threshold:.0%} crossing (median lag {metrics['median_lag_steps']:+.0f} steps)" if n_grokked else "no run groks",
+    f"{grok_threshold:.0%} crossing (median lag {metrics['median_lag_steps']:+.0f} steps over the {len(lags)} "
+    f"with an {id_label} drop after memorization)" if len(lags) else
+    f"{n_grokked} grokking runs, none with an {id_label} drop after memorization" if n_grokked else "no run groks",
     bool(n_co > n_grokked / 2) if n_grokked else None, profile)]
 plotting.save_json(out / "metrics.json", metrics)
 print({k: v for k, v in metrics.items() if k != "runs"})

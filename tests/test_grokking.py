@@ -147,6 +147,20 @@ def test_grokking_summary_finds_the_crossing_and_the_drop():
     assert s["co_occurs"] and not grokking_summary(run, co_occurrence_intervals=1.5)["co_occurs"]
     never = grokking_summary(run.assign(val_acc=0.01))
     assert not never["grokked"] and np.isnan(never["lag_steps"]) and not never["co_occurs"]
+    rising = grokking_summary(run.assign(llid=[40, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]))  # no drop after memorization
+    assert np.isnan(rising["llid_drop_step"]) and np.isnan(rising["lag_steps"]) and not rising["co_occurs"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_grokking_summary_of_a_run_in_progress_has_no_drop_yet(n):
+    steps = np.arange(n) * 100.0
+    run = pd.DataFrame({"step": steps, "train_acc": np.ones(n), "val_acc": np.ones(n), "llid": 20.0 - steps / 100})
+    s = grokking_summary(run)
+    assert s["grok_step"] == 0
+    if n < 4:  # fewer than two centred 3-point means: no drop, no lag
+        assert np.isnan(s["llid_drop_step"]) and not s["co_occurs"]
+    else:
+        assert s["llid_drop_step"] == 200 and s["lag_steps"] == 200 and s["co_occurs"]
 
 
 def test_figure_notebook_runs_under_papermill_on_tiny_runs(tmp_path):

@@ -39,8 +39,11 @@ def test_figures_are_written_as_png_and_reproducible_pdf(tmp_path):
 
 
 def test_json_metrics_turn_nan_into_null(tmp_path):
-    plotting.save_json(tmp_path / "m.json", {"r": float("nan"), "n": 3, "runs": {"a": [1.5, float("inf")]}})
-    assert json.loads((tmp_path / "m.json").read_text()) == {"r": None, "n": 3, "runs": {"a": [1.5, None]}}
+    import numpy as np
+    plotting.save_json(tmp_path / "m.json", {"r": float("nan"), "n": np.int64(3), "ok": np.bool_(True),
+                                              "runs": {"a": [1.5, float("inf"), np.float32("nan")]}})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"r": None, "n": 3, "ok": True,
+                                                             "runs": {"a": [1.5, None, None]}}
 
 
 def test_dvc_stages_without_the_environment_get_a_one_line_hint(tmp_path):

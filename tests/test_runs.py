@@ -162,6 +162,10 @@ def test_atomic_writes_get_normal_permissions_not_mkstemps(tmp_path):
     try:
         atomic_write(tmp_path / "new.csv", lambda f: f.write(b"a\n"))
         assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o644
+        os.umask(0o002)  # a group sharing a results folder
+        atomic_write(tmp_path / "group.csv", lambda f: f.write(b"g\n"))
+        assert (tmp_path / "group.csv").stat().st_mode & 0o777 == 0o664
+        (tmp_path / "group.csv").unlink()
         (tmp_path / "new.csv").chmod(0o640)  # a mode the user chose is kept on rewrite
         atomic_write(tmp_path / "new.csv", lambda f: f.write(b"b\n"))
         assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o640

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from actid.runs import Run
-from actid.sweep import main, run_sweep
+from actid.sweep import main, parse_args, run_sweep
 
 TINY = {"p": 13, "train_fraction": 0.5, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32,
         "steps": 12, "eval_every": 4, "measures": {"id": {"options": {"n_resamples": 3}}}, "device": "cpu"}
@@ -81,6 +81,21 @@ def test_a_device_override_reuses_finished_runs(swept):
     main(["grokking", "--params", str(_params_file(swept.parent, params())), "--profile", "tiny", "--out", str(swept),
           "--set", "device=cpu", "eval_batch_size=64"])
     assert listing(swept) == before
+
+
+@pytest.mark.parametrize("argv", [
+    ["--set", "device=cpu", "lr=0.1", "grokking", "--jobs", "2"],
+    ["grokking", "--set", "device=cpu", "--jobs", "2", "--set", "lr=0.1"],
+    ["--set", "device=cpu", "grokking", "--set", "lr=0.1", "--shard", "0/2"],  # as a shard re-parses it
+])
+def test_set_is_parsed_in_any_position_and_may_repeat(argv):
+    args = parse_args(argv)
+    assert args.experiment == "grokking" and args.set == ["device=cpu", "lr=0.1"]
+
+
+def test_abbreviated_options_are_refused_so_shards_never_see_jobs():
+    with pytest.raises(SystemExit):
+        parse_args(["grokking", "--job", "2"])
 
 
 def test_set_may_come_before_the_experiment_name(swept):
