@@ -19,7 +19,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.lines import Line2D
 
 from actid.paths import ROOT, resolve
-from actid.runs import atomic_write
+from actid.runs import atomic_write, atomic_write_text
 
 _PALETTE = sns.color_palette("colorblind")
 # The same condition has the same colour in every figure.
@@ -84,12 +84,12 @@ def save_figure(fig: plt.Figure, out: Path, stem: str, dpi: int = 150) -> None:
 def save_json(path: Path, data: dict) -> None:
     """``data`` as indented JSON (NaN and infinities become null, which JSON readers accept)."""
     text = json.dumps(_finite(data), indent=1) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write_text(path, text)
 
 
 def save_csv(table, path: Path) -> None:
     """A pandas table as CSV, written atomically."""
-    atomic_write(path, lambda f: f.write(table.to_csv().encode()))
+    atomic_write_text(path, table.to_csv())
 
 
 def _finite(value):

@@ -102,7 +102,8 @@ def atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
-def _write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """``atomic_write`` of a text (UTF-8)."""
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
@@ -174,14 +175,14 @@ class Run:
                                  "move it aside or choose another directory")
             return
         versions = {"actid": actid.__version__, "torch": torch.__version__, "python": platform.python_version()}
-        _write_text(self.config_path, json.dumps({"config": config, **meta, "versions": versions}, indent=1))
+        atomic_write_text(self.config_path, json.dumps({"config": config, **meta, "versions": versions}, indent=1))
 
     def runtime(self) -> dict | None:
         """Where an unfinished run has been training (None before its first step)."""
         return self.meta().get("runtime") if self.config_path.exists() else None
 
     def record_runtime(self, runtime: dict) -> None:
-        _write_text(self.config_path, json.dumps({**self.meta(), "runtime": runtime}, indent=1))
+        atomic_write_text(self.config_path, json.dumps({**self.meta(), "runtime": runtime}, indent=1))
 
     # --- rows ------------------------------------------------------------------------------------
 
@@ -276,7 +277,7 @@ class Run:
     def finish(self, rows: list[dict], train_seconds: float) -> None:
         """Write the last rows, then ``done.json``, then drop the checkpoint."""
         self.write_rows(rows)
-        _write_text(self.done_path, json.dumps({"final": rows[-1], "train_seconds": round(train_seconds, 2)},
+        atomic_write_text(self.done_path, json.dumps({"final": rows[-1], "train_seconds": round(train_seconds, 2)},
                                                indent=1))
         self.checkpoint_path.unlink(missing_ok=True)
 
@@ -334,12 +335,13 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
                    for k, v in final.items()):
             raise ValueError(f"{run.metrics_path} does not end with the final row recorded in {run.done_path.name}: "
                              "the file was changed after the run finished. Delete the run directory to retrain it.")
-    for key, value in run.config.items():
+    meta = run.meta()
+    for key, value in meta["config"].items():
         if key not in df.columns and not isinstance(value, (list, dict)):
             df[key] = value
     df.insert(0, "run", run.name)
     df["finished"] = run.is_finished
-    profile = run.meta().get("profile")
+    profile = meta.get("profile")
     if profile is not None:  # the params.yaml profile of a sweep's run (a Tracker run has none)
         df["profile"] = profile
     return df

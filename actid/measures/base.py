@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,6 +28,17 @@ from actid import schema
 
 MODEL_LAYERS = "model"
 """``layers: model`` means the layers the model names itself (``model.id_layers``)."""
+
+
+def as_real_tensor(x, name: str) -> torch.Tensor:
+    """A measure's array input as a detached real tensor (numpy accepted), or a TypeError naming it."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+    return x.detach()
 
 
 @dataclass(kw_only=True)

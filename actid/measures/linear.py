@@ -8,24 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from actid.measures.base import LayerMeasure, register
+from actid.measures.base import LayerMeasure, as_real_tensor, register
 
 
 def _as_rows(activations, name: str = "activations") -> torch.Tensor:
     """Validate activations and return them as an (n_examples, n_features) float tensor: float32 stays
     float32 (the data hold no more precision, and the product is twice as fast), anything else is float64."""
-    if isinstance(activations, np.ndarray):
-        activations = torch.from_numpy(activations)
-    if not isinstance(activations, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(activations).__name__}")
-    if activations.is_complex():
-        raise TypeError(f"{name} must be real, got dtype {activations.dtype}")
+    activations = as_real_tensor(activations, name)
     if activations.ndim < 1:
         raise ValueError(f"{name} must have a leading example dimension, got a 0-d tensor")
-    X = activations.detach().reshape(activations.shape[0], -1)
+    X = activations.reshape(activations.shape[0], -1)
     X = X if X.dtype == torch.float32 else X.to(torch.float64)
     if not torch.isfinite(X).all():
         raise ValueError(f"{name} contain NaN or Inf; remove or fix those examples first")

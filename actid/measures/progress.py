@@ -14,22 +14,11 @@ from dataclasses import dataclass
 import math
 from numbers import Integral, Real
 
-import numpy as np
 import torch
 from torch import nn
 
 from actid import schema
-from actid.measures.base import Evaluation, LayerMeasure, Measure, register
-
-
-def _as_tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    if x.is_complex():
-        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
-    return x.detach()
+from actid.measures.base import Evaluation, LayerMeasure, Measure, as_real_tensor, register
 
 
 def activation_sparsity(activations, threshold: float) -> float:
@@ -38,7 +27,7 @@ def activation_sparsity(activations, threshold: float) -> float:
     Golechha 2024 counts activations below a small threshold as inactive; pick the threshold to suit
     the nonlinearity (e.g. a small positive value after ReLU).
     """
-    x = _as_tensor(activations, "activations")
+    x = as_real_tensor(activations, "activations")
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"activations must have at least one example along dim 0, got shape {tuple(x.shape)}")
     if isinstance(threshold, bool) or not isinstance(threshold, Real) or math.isnan(threshold):
@@ -53,7 +42,7 @@ def activation_sparsity(activations, threshold: float) -> float:
 
 def weight_entropy(weight) -> float:
     """-sum |w| log|w| over all entries of `weight`, with 0 log 0 = 0, in float64 (Golechha 2024; not normalised)."""
-    w = _as_tensor(weight, "weight").to(torch.float64).abs()
+    w = as_real_tensor(weight, "weight").to(torch.float64).abs()
     if not torch.isfinite(w).all():
         raise ValueError("weight contains NaN or Inf; the entropy would be meaningless")
     return float(-torch.xlogy(w, w).sum())
