@@ -95,14 +95,24 @@ def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
     return last.set_index("run").sort_values(["dataset", "regularizer", "strength"])
 
 
-def pearson(x, y) -> tuple[float, float, int]:
-    """(r, two-sided p, n) of Pearson's correlation; NaNs where it is undefined (n < 3 or a constant)."""
-    from scipy import stats
+def _correlation(test, x, y) -> tuple[float, float, int]:
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan"), float("nan"), len(x)
-    r, p = stats.pearsonr(x, y)
-    return float(r), float(p), len(x)
+    statistic, p = test(x, y)
+    return float(statistic), float(p), len(x)
+
+
+def pearson(x, y) -> tuple[float, float, int]:
+    """(r, two-sided p, n) of Pearson's correlation; NaNs where it is undefined (n < 3 or a constant)."""
+    from scipy import stats
+    return _correlation(stats.pearsonr, x, y)
+
+
+def spearman(x, y) -> tuple[float, float, int]:
+    """(ρ, two-sided p, n) of Spearman's rank correlation; NaNs where it is undefined (n < 3 or a constant)."""
+    from scipy import stats
+    return _correlation(stats.spearmanr, x, y)
 
 
 def over_regularization_threshold(strength, accuracy, tolerance: float = 0.02) -> float:
@@ -114,3 +124,29 @@ def over_regularization_threshold(strength, accuracy, tolerance: float = 0.02) -
     if len(strength) == 0:
         raise ValueError("over_regularization_threshold needs at least one run")
     return float(strength[accuracy >= accuracy.max() - tolerance].max())
+
+
+
+GRADIENT_ALIGNMENT = {"W1": "gradient_alignment/fc1.weight", "W2": "gradient_alignment/fc2.weight",
+                      "logits": "gradient_alignment/logits"}
+"""The gradient-alignment columns of a memorization run (actid.experiments.memorization)."""
+
+
+def memorization_summary(run: pd.DataFrame) -> dict:
+    """Per-run statistics of a memorization run (one run's rows, any order).
+
+    Final train/validation accuracy, the best validation accuracy over the evaluations, each gradient alignment
+    (W1, W2, logits) **averaged over all evaluations** (Mehta et al.'s Fig. 1b statistic, fixed before tuning),
+    the final representation alignment (training probe and validation) and the final hidden-layer ID (LLID)."""
+    run = run.sort_values(STEP)
+    last = run.iloc[-1]
+    summary = {"final_train_acc": float(last[acc("train")]), "final_val_acc": float(last[acc("val")]),
+               "best_val_acc": float(run[acc("val")].max())}
+    for key, column in GRADIENT_ALIGNMENT.items():
+        summary[f"mean_gradient_alignment_{key}"] = float(run[column].mean()) if column in run else float("nan")
+    finals = {"final_representation_alignment_train": "representation_alignment/hidden",
+              "final_representation_alignment_val": "representation_alignment_val/hidden",
+              "final_relative_gradient_norm_W1": "relative_gradient_norm/fc1.weight", "final_llid": LLID}
+    for name, column in finals.items():
+        summary[name] = float(last[column]) if column in run else float("nan")
+    return summary

@@ -30,6 +30,9 @@ COLORS = {
     "val_acc": _PALETTE[0],
     "train_acc": "0.55",  # grey
     "threshold": _PALETTE[3],  # vermillion: over-regularization threshold
+    "sin": _PALETTE[4],  # the activations of the memorization figures
+    "relu": _PALETTE[5],
+    "sigmoid": _PALETTE[9],
 }
 MARKERS = {"weight_decay": "o", "dropout": "X"}
 LABELS = {"weight_decay": "weight decay", "dropout": "dropout p"}

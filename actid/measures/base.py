@@ -43,17 +43,33 @@ def as_real_tensor(x, name: str) -> torch.Tensor:
 
 @dataclass(kw_only=True)
 class Probe:
-    """A fixed subset of an evaluation split: ``max_points`` examples drawn with ``seed`` (0: all)."""
+    """A fixed subset of an evaluation split: ``max_points`` examples drawn with ``seed`` (0: all), or, with
+    ``per_class``, that many examples of every class (a class-balanced probe; ``max_points`` is then unused).
+
+    ``per_class`` is recorded in ``config.json`` only when set, so runs made before it existed keep their
+    identity (and are not rerun)."""
 
     split: str = "val"
     max_points: int = 0
+    per_class: int = 0
     seed: int | None = None  # None: the run's seed + 2 (resolved into config.json)
 
-    def index(self, n: int) -> torch.Tensor | None:
-        """Sorted indices of the subset of a split of ``n`` examples, or None for the whole split."""
+    def index(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """Sorted indices of the subset of a split with these ``labels``, or None for the whole split."""
+        n = len(labels)
+        gen = torch.Generator().manual_seed(self.seed)
+        if self.per_class:
+            labels = labels.cpu()
+            picked = []
+            for c in labels.unique().tolist():
+                members = torch.nonzero(labels == c).flatten()
+                if len(members) < self.per_class:
+                    raise ValueError(f"probe of split {self.split!r}: per_class={self.per_class} but class {c} has "
+                                     f"only {len(members)} examples; lower per_class")
+                picked.append(members[torch.randperm(len(members), generator=gen)[:self.per_class]])
+            return torch.cat(picked).sort().values
         if not self.max_points or n <= self.max_points:
             return None
-        gen = torch.Generator().manual_seed(self.seed)
         return torch.randperm(n, generator=gen)[:self.max_points].sort().values
 
 
@@ -172,7 +188,8 @@ def build_probes(spec: dict | None, seed: int = 0) -> dict[str, Probe]:
         params = dict(params or {})
         unknown = sorted(set(params) - {f.name for f in dataclasses.fields(Probe)})
         if unknown:
-            raise KeyError(f"probe {name!r} has no parameter(s) {unknown}; its parameters: split, max_points, seed")
+            raise KeyError(f"probe {name!r} has no parameter(s) {unknown}; its parameters: split, max_points, "
+                           "per_class, seed")
         if params.get("seed") is None:
             params["seed"] = seed + 2
         probes[name] = Probe(**params)
@@ -180,4 +197,6 @@ def build_probes(spec: dict | None, seed: int = 0) -> dict[str, Probe]:
 
 
 def resolve_probes(spec: dict | None, seed: int = 0) -> dict:
-    return {name: dataclasses.asdict(p) for name, p in build_probes(spec, seed).items()}
+    """``{name: every parameter}`` (``per_class`` only when set; see :class:`Probe`)."""
+    return {name: {k: v for k, v in dataclasses.asdict(p).items() if k != "per_class" or v}
+            for name, p in build_probes(spec, seed).items()}
