@@ -127,6 +127,16 @@ def over_regularization_threshold(strength, accuracy, tolerance: float = 0.02) -
 
 
 
+def step_weighted_mean(steps: np.ndarray, values: np.ndarray) -> float:
+    """The time average of a curve over training, ∫ value d(step) / span, by the trapezoid rule over the
+    evaluations where it is defined (NaN with fewer than two)."""
+    ok = np.isfinite(values)
+    if ok.sum() < 2:
+        return float("nan")
+    s, v = steps[ok], values[ok]
+    return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(s)) / (s[-1] - s[0]))
+
+
 GRADIENT_ALIGNMENT = {"W1": "gradient_alignment/fc1.weight", "W2": "gradient_alignment/fc2.weight",
                       "logits": "gradient_alignment/logits"}
 """The gradient-alignment columns of a memorization run (actid.experiments.memorization)."""
@@ -136,17 +146,80 @@ def memorization_summary(run: pd.DataFrame) -> dict:
     """Per-run statistics of a memorization run (one run's rows, any order).
 
     Final train/validation accuracy, the best validation accuracy over the evaluations, each gradient alignment
-    (W1, W2, logits) **averaged over all evaluations** (Mehta et al.'s Fig. 1b statistic, fixed before tuning),
-    the final representation alignment (training probe and validation) and the final hidden-layer ID (LLID)."""
+    (W1, W2, logits) **averaged over all evaluations** (Mehta et al.'s Fig. 1b statistic, fixed before tuning;
+    evaluations where it is undefined, all gradients zero, are skipped) and, beside it, averaged over training
+    steps (:func:`step_weighted_mean`: log-spaced evaluations put most of the plain mean in the first epochs), the
+    final representation alignment (training probe and validation) and the final hidden-layer ID (LLID)."""
     run = run.sort_values(STEP)
     last = run.iloc[-1]
     summary = {"final_train_acc": float(last[acc("train")]), "final_val_acc": float(last[acc("val")]),
                "best_val_acc": float(run[acc("val")].max())}
+    steps = run[STEP].to_numpy(float)
     for key, column in GRADIENT_ALIGNMENT.items():
-        summary[f"mean_gradient_alignment_{key}"] = float(run[column].mean()) if column in run else float("nan")
+        values = run[column].to_numpy(float) if column in run else np.full(len(run), np.nan)
+        summary[f"mean_gradient_alignment_{key}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        summary[f"step_weighted_gradient_alignment_{key}"] = step_weighted_mean(steps, values)
     finals = {"final_representation_alignment_train": "representation_alignment/hidden",
               "final_representation_alignment_val": "representation_alignment_val/hidden",
               "final_relative_gradient_norm_W1": "relative_gradient_norm/fc1.weight", "final_llid": LLID}
     for name, column in finals.items():
         summary[name] = float(last[column]) if column in run else float("nan")
     return summary
+
+
+# --- Grokking on MNIST (Golechha 2024) -------------------------------------------------------------
+
+def midpoint_grokking(run: pd.DataFrame, saturated: float = 0.99, min_gain: float = 0.1) -> dict:
+    """Train saturation and grokking of one run (statistics fixed before the default profile was tuned).
+
+    saturation_step: first evaluation with train accuracy >= ``saturated``.
+    grok_step: first evaluation whose validation accuracy reaches the midpoint between its value at the
+        saturation step and its final value.
+    delay_steps: grok_step - saturation_step (negative or small: no delayed generalization).
+    grokked: the final validation accuracy exceeds its value at saturation by at least ``min_gain``.
+    NaNs (and grokked False) when training accuracy never saturates."""
+    run = run.sort_values(STEP)
+    steps, train, val = run[STEP].to_numpy(float), run[TRAIN_ACC].to_numpy(), run[VAL_ACC].to_numpy()
+    saturation = first_crossing(steps, train, saturated)
+    out = {"saturation_step": saturation, "val_acc_at_saturation": float("nan"), "final_val_acc": float(val[-1]),
+           "grok_step": float("nan"), "grok_index": float("nan"), "delay_steps": float("nan"), "grokked": False}
+    if not np.isfinite(saturation):
+        return out
+    at_saturation = float(val[steps == saturation][0])
+    midpoint = (at_saturation + val[-1]) / 2
+    index = int(np.nonzero(val >= midpoint)[0][0])
+    out.update(val_acc_at_saturation=at_saturation, grok_step=float(steps[index]), grok_index=float(index),
+               delay_steps=float(steps[index] - saturation), grokked=bool(val[-1] - at_saturation >= min_gain))
+    return out
+
+
+def steepest_log_change(steps: np.ndarray, values: np.ndarray) -> tuple[float, int, float]:
+    """(step, index, rate) of the steepest change of ``values`` per unit of log(step) between consecutive
+    evaluations (either direction): the end of that interval, its row index, and the signed change per e-fold of
+    steps. Rows with NaN values (a measure not due at that evaluation) or step 0 are skipped; (NaN, -1, NaN) with
+    fewer than two rows left."""
+    keep = np.isfinite(values) & (steps > 0)
+    index = np.nonzero(keep)[0]
+    if len(index) < 2:
+        return float("nan"), -1, float("nan")
+    rate = np.diff(values[index]) / np.diff(np.log(steps[index]))
+    i = int(np.argmax(np.abs(rate)))
+    return float(steps[index[i + 1]]), int(index[i + 1]), float(rate[i])
+
+
+def measure_lags(run: pd.DataFrame, columns: list[str], grok: dict) -> dict[str, dict]:
+    """For each column: where it changes most steeply (per log-step) from the saturation step on, and the lag
+    from the grok step, in steps and in evaluations (negative: the measure moves first)."""
+    run = run.sort_values(STEP)
+    steps = run[STEP].to_numpy(float)
+    out = {}
+    for column in columns:
+        values = run[column].to_numpy(float) if column in run else np.full(len(run), np.nan)
+        start = grok["saturation_step"] if np.isfinite(grok["saturation_step"]) else 0.0
+        values = np.where(steps >= start, values, np.nan)
+        step, index, rate = steepest_log_change(steps, values)
+        found = np.isfinite(step) and np.isfinite(grok["grok_step"])
+        out[column] = {"change_step": step, "rate_per_log_step": rate,
+                       "lag_steps": step - grok["grok_step"] if found else float("nan"),
+                       "lag_evaluations": index - grok["grok_index"] if found else float("nan")}
+    return out

@@ -22,6 +22,7 @@ from actid.paths import ROOT, resolve
 from actid.runs import atomic_write, atomic_write_text
 
 _PALETTE = sns.color_palette("colorblind")
+PALETTE = list(_PALETTE)  # for several layers in one panel, in order
 # The same condition has the same colour in every figure.
 COLORS = {
     "weight_decay": _PALETTE[0],  # blue

@@ -41,6 +41,7 @@ from actid.runs import Run, RunLockedError
 from actid.train import ResumeMismatchError, check_resume, resolve_device, runtime, train
 
 EXPERIMENTS = {"grokking": "actid.experiments.grokking", "memorization": "actid.experiments.memorization",
+               "mnist_grokking": "actid.experiments.mnist_grokking",
                "regularization": "actid.experiments.regularization"}
 STALE = ".stale"
 

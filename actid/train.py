@@ -22,6 +22,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -47,9 +48,12 @@ class Task:
     id_layers and llid_layer name modules of the model (measures with ``layers: model`` use id_layers).
     augment(x, generator) returns an augmented copy of a training batch.
     loss_fn(logits, labels, reduction='mean') is the training loss (torch.nn.functional style).
-    flush_denormal: on the CPU, flush subnormal floats (|x| < 1.2e-38) to zero while training. Saturated
-    softmax gradients are full of them and x86 CPUs compute them ~4x slower (e.g. the memorization ReLU runs at
-    large σ); flushing changes only those values, but it does change them, so it is an opt-in of the task.
+    penalty(model), if given, is added to the training loss at every step (not to the evaluated loss), e.g.
+    -δ Σ w² to make the weight norm grow (Golechha 2024's increasing-norm variant).
+    flush_denormal: on the CPU, flush subnormal floats (|x| < 1.2e-38) to zero in the training steps (not in the
+    evaluations, so measures see every value). Saturated softmax gradients are full of them and x86 CPUs compute
+    them ~4x slower (e.g. the memorization ReLU runs at large σ); flushing changes only those values, but it does
+    change them, so it is an opt-in of the task.
     """
 
     model: nn.Module
@@ -60,6 +64,7 @@ class Task:
     llid_layer: str | None = None
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     loss_fn: Callable = F.cross_entropy
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None
     flush_denormal: bool = False
 
 
@@ -260,6 +265,20 @@ def evaluate(task: Task, cfg: TrainConfig, measures: list[Measure], probes: dict
     return row
 
 
+@contextmanager
+def flushing_denormals(enabled: bool):
+    """Flush subnormal floats to zero inside the block (CPU only; see ``Task.flush_denormal``). Afterwards the flag
+    is off again, torch's default (torch cannot report its current value)."""
+    if not enabled:
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where CPU autocast pays off."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
@@ -303,13 +322,7 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path | Run, *, progress: 
     with run.lock():
         if run.is_finished:
             return run.read_metrics()
-        if not task.flush_denormal:
-            return _train_locked(task, cfg, run, progress, stop_after)
-        torch.set_flush_denormal(True)
-        try:
-            return _train_locked(task, cfg, run, progress, stop_after)
-        finally:
-            torch.set_flush_denormal(False)  # torch's default
+        return _train_locked(task, cfg, run, progress, stop_after)
 
 
 def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after) -> pd.DataFrame:
@@ -354,22 +367,25 @@ def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after) 
     bar = tqdm(total=cfg.steps, initial=step, desc=run.name, disable=progress is not True, leave=False)
     report = progress if callable(progress) else None
     for target in eval_steps:
-        while step < target:
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, cfg)
-            idx = sampler.next()
-            x, y = task.train_x[idx], task.train_y[idx]
-            if task.augment is not None:
-                x = task.augment(x, aug_gen)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                loss = task.loss_fn(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update(1)
-            if report:
-                report(step, cfg.steps)
+        with flushing_denormals(task.flush_denormal):  # training steps only: the measures see every value
+            while step < target:
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(step, cfg)
+                idx = sampler.next()
+                x, y = task.train_x[idx], task.train_y[idx]
+                if task.augment is not None:
+                    x = task.augment(x, aug_gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    loss = task.loss_fn(model(x).float(), y)
+                if task.penalty is not None:
+                    loss = loss + task.penalty(model)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                bar.update(1)
+                if report:
+                    report(step, cfg.steps)
         index, last = all_evals.index(step), step == cfg.steps
         row = {schema.STEP: step, schema.LEARNING_RATE: cfg.lr * lr_factor(max(step - 1, 0), cfg),
                **evaluate(task, cfg, measures, probes, step, index, last)}

@@ -97,6 +97,8 @@ def main() -> None:
     print(f"  gradient alignment, per-example    {med['loop']:8.3f} s   ({med['loop'] / med['gram']:.0f}x the Gram route)")
     print("  Ω (Gram / per-example loop): " + ", ".join(f"{k} {ours[k]:.6f} / {reference[k]:.6f}" for k in ours))
     print(f"  largest difference {worst:.2e} ({'within' if worst <= 1e-5 else 'NOT within'} 1e-5)")
+    if not worst <= 1e-5:
+        raise SystemExit("the Gram route and the per-example loop disagree by more than 1e-5")
 
 
 if __name__ == "__main__":

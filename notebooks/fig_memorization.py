@@ -21,8 +21,11 @@
 # lose less. Beside the paper's lens this notebook puts the main paper's: the TwoNN **ID of the hidden layer**.
 #
 # Statistics (fixed before the default profile was tuned): per run, the final and best validation accuracy, the
-# in-class gradient alignment of W1 **averaged over all evaluations** (W2 and logits beside it), the final
-# representation alignment and the final hidden-layer ID (`actid.analysis.memorization_summary`).
+# in-class gradient alignment of W1 **averaged over all evaluations** (W2 and logits beside it; evaluations are
+# log-spaced, so this mean weighs the first epochs most; the step-weighted mean is in `summary.csv`), the final
+# representation alignment and the final hidden-layer ID (`actid.analysis.memorization_summary`). Rank
+# correlations with σ are over the runs (seeds at one σ are separate runs), with the per-σ means beside them.
+# With unfinished runs, the claims get no verdict.
 #
 # Input: the raw runs of `python -m actid.sweep memorization` (stage `memorization` of `dvc.yaml`).
 # Output, in `out_dir`: `accuracy_vs_scale`, `alignment_over_training`, `accuracy_vs_alignment` and
@@ -55,8 +58,8 @@ SIGMA = "initialization scale σ (std of W1)"
 
 runs = load_runs(resolve(runs_dir))
 out = plotting.output_dir(out_dir, "memorization")
-for key in ("dataset", "loss"):
-    if runs[key].nunique() > 1:
+for key in ("dataset", "loss", "epochs", "train_images", "hidden_units", "lr", "batch_size"):
+    if runs[key].nunique(dropna=False) > 1:
         raise ValueError(f"{runs_dir} mixes runs of several {key}s {sorted(runs[key].unique())}; point runs_dir at one sweep")
 dataset, loss_name = runs["dataset"].iloc[0], runs["loss"].iloc[0]
 chance = 1 / (100 if dataset == "cifar100" else 10)
@@ -197,50 +200,71 @@ plotting.save_figure(fig, out, "id_and_alignment_vs_scale")
 
 # %%
 profile = profile_label(runs)
+n_unfinished = int((~summary["finished"].astype(bool)).sum())
 claims = []
+
+
+def add_claim(figure, text, paper, ours, agrees):
+    """A claims-table row; with unfinished runs the verdict is withheld (their values are not final)."""
+    if n_unfinished:
+        ours, agrees = f"{ours} [{n_unfinished} run(s) unfinished: no verdict]", None
+    claims.append(claim(figure, text, paper, ours, agrees, profile))
+
+
+def rank_trend(part, column):
+    """Spearman ρ of a statistic with σ over the runs, and over the per-σ means of the seeds beside it."""
+    rho, p, n = spearman(part["init_std"], part[column])
+    means = seed_mean(part)[column]
+    rho_m, p_m, n_m = spearman(means.index, means)
+    text = f"Spearman ρ = {rho:.2f}, p = {p:.2g}, n = {n} runs"
+    if n_m < n:
+        text += f" (per-σ means: ρ = {rho_m:.2f}, p = {p_m:.2g}, n = {n_m})"
+    return rho, p, f"{text}; {dataset}"
+
+
 figure = "Mehta 2a"
 sin = summary[summary["activation"] == "sin"].sort_values("init_std")
 if len(sin):
-    rho, p, n = spearman(sin["init_std"], sin["final_val_acc"])
-    claims.append(claim(figure, "with sin, validation accuracy falls as σ grows", "falls to chance (≈10%) as σ grows",
-                        f"Spearman ρ = {rho:.2f}, p = {p:.2g}, n = {n} ({dataset})", correlation_agrees(rho, p, -1), profile))
+    rho, p, text = rank_trend(sin, "final_val_acc")
+    add_claim(figure, "with sin, validation accuracy falls as σ grows", "falls to chance (≈10%) as σ grows", text,
+              correlation_agrees(rho, p, -1))
     top = sin[sin["init_std"] == sin["init_std"].max()]
     memorizes = bool((top["final_train_acc"] >= 0.99).all() and ((top["final_val_acc"] - chance).abs() <= chance_margin).all())
-    claims.append(claim(figure, "with sin, the largest σ memorizes", "training accuracy 100%, test accuracy at chance",
-                        f"σ = {top['init_std'].iloc[0]:g}, {len(top)} run(s): train "
-                        + " / ".join(f"{v:.3f}" for v in top["final_train_acc"]) + ", validation "
-                        + " / ".join(f"{v:.3f}" for v in top["final_val_acc"])
-                        + f" (chance {chance:.2f}, margin {chance_margin:g}; {dataset})", memorizes, profile))
-    for column, text, fig_no in (("mean_gradient_alignment_W1", "gradient alignment (W1, mean over training)", "2c"),
+    add_claim(figure, "with sin, the largest σ memorizes", "training accuracy 100%, test accuracy at chance",
+              f"σ = {top['init_std'].iloc[0]:g}, {len(top)} run(s): train "
+              + " / ".join(f"{v:.3f}" for v in top["final_train_acc"]) + ", validation "
+              + " / ".join(f"{v:.3f}" for v in top["final_val_acc"])
+              + f" (chance {chance:.2f}, margin {chance_margin:g}; {dataset})", memorizes)
+    for column, text, fig_no in (("mean_gradient_alignment_W1", "gradient alignment (W1, mean over evaluations)", "2c"),
                                  ("final_representation_alignment_train", "representation alignment (final)", "2d")):
-        rho, p, n = spearman(sin["init_std"], sin[column])
-        claims.append(claim(f"Mehta {fig_no}", f"with sin, {text} falls as σ grows", "falls as σ grows",
-                            f"Spearman ρ = {rho:.2f}, p = {p:.2g}, n = {n} ({dataset})", correlation_agrees(rho, p, -1), profile))
+        rho, p, ours = rank_trend(sin, column)
+        add_claim(f"Mehta {fig_no}", f"with sin, {text} falls as σ grows", "falls as σ grows", ours,
+                  correlation_agrees(rho, p, -1))
     r = correlations["W1"]["sin"]
-    claims.append(claim("Mehta 1b", "best test accuracy rises with gradient alignment across σ (sin)",
-                        "positive correlation on CIFAR-10, CIFAR-100, SVHN",
-                        f"Pearson r = {r['r']:.2f}, p = {r['p']:.2g}, n = {r['n']} (W1 alignment, mean over training; {dataset})",
-                        correlation_agrees(r["r"], r["p"], +1), profile))
+    add_claim("Mehta 1b", "best test accuracy rises with gradient alignment across σ (sin)",
+              "positive correlation on CIFAR-10, CIFAR-100, SVHN",
+              f"Pearson r = {r['r']:.2f}, p = {r['p']:.2g}, n = {r['n']} runs (W1 alignment, mean over evaluations; "
+              f"{dataset})", correlation_agrees(r["r"], r["p"], +1))
 
 
 def accuracy_drop(part):
-    """The best per-σ mean final validation accuracy minus that at the largest σ."""
-    mean = seed_mean(part)["final_val_acc"].sort_index()
-    return float(mean.max() - mean.iloc[-1])
+    """The best minus the worst per-σ mean final validation accuracy."""
+    mean = seed_mean(part)["final_val_acc"]
+    return float(mean.max() - mean.min())
 
 
 relu = summary[summary["activation"] == "relu"]
 if len(sin) and len(relu):
     drops = {"sin": accuracy_drop(sin), "relu": accuracy_drop(relu)}
-    claims.append(claim("Mehta 4", "with ReLU, validation accuracy drops less with σ than with sin",
-                        "ReLU: drops and saturates, a limited drop",
-                        f"drop of the mean over seeds from the best σ to σ = {relu['init_std'].max():g}: "
-                        f"ReLU {drops['relu']:.3f}, sin {drops['sin']:.3f} ({dataset})", bool(drops["relu"] < drops["sin"]), profile))
+    add_claim("Mehta 4", "with ReLU, validation accuracy drops less with σ than with sin",
+              "ReLU: drops and saturates, a limited drop",
+              f"best minus worst per-σ mean validation accuracy: ReLU {drops['relu']:.3f}, sin {drops['sin']:.3f} "
+              f"({dataset})", bool(drops["relu"] < drops["sin"]))
 else:
     drops = {}
 
 metrics = {"dataset": dataset, "loss": loss_name, "chance": chance, "n_runs": int(len(summary)),
-           "n_unfinished": int((~summary["finished"].astype(bool)).sum()),
+           "n_unfinished": n_unfinished,
            "accuracy_vs_gradient_alignment": correlations, "trends_with_sigma": trends, "validation_accuracy_drop": drops,
            "runs": {name: dict(row) for name, row in summary.iterrows()},
            "claims": claims}

@@ -28,3 +28,22 @@ def pytest_terminal_summary(terminalreporter):
                  for name, value in report.user_properties if name == "screenshot"]
     for nodeid, path in artifacts:
         terminalreporter.write_line(f"artifact: {path} ({nodeid})")
+
+
+@pytest.fixture
+def run_notebook():
+    """Run ``notebooks/<name>.py`` as the DVC stages do (jupytext to ipynb, then papermill with ``-p`` parameters);
+    returns the finished process (check ``returncode``; stderr holds the notebook's error)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(name: str, executed: Path, **parameters) -> subprocess.CompletedProcess:
+        ipynb = subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "-o", "-",
+                                str(root / "notebooks" / f"{name}.py")], check=True, capture_output=True).stdout
+        args = [a for key, value in parameters.items() for a in ("-p", key, str(value))]
+        return subprocess.run([sys.executable, "-m", "papermill", "-", str(executed), "-k", "python3",
+                               "--no-progress-bar", *args], input=ipynb, capture_output=True)
+    return run

@@ -1,5 +1,7 @@
 """Alignment Ω (Mehta et al. 2021) against direct O(n²) definitions and brute-force per-example gradients."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -88,8 +90,21 @@ def test_in_class_alignment_averages_classes_and_skips_singletons():
     assert alignment(g, labels) == pytest.approx(expected, rel=1e-10)
 
 
-def test_zero_vectors_give_zero():
-    assert alignment(torch.zeros(4, 3)) == 0.0
+def test_zero_vectors_have_no_alignment():
+    """Vectors of length 0 have no direction: Ω is undefined (NaN), and a class of them is left out of the mean."""
+    assert math.isnan(alignment(torch.zeros(4, 3)))
+    g = torch.cat([torch.zeros(3, 2), torch.tensor([[1.0, 0.0], [1.0, 0.0]])])
+    assert alignment(g, torch.tensor([0, 0, 0, 1, 1])) == 1.0
+
+
+def test_saturated_softmax_gradients_give_nan_not_zero():
+    model = nn.Linear(2, 3, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1e4, 0.0], [0.0, 0.0], [-1e4, 0.0]]))
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [-1.0, 0.0], [-3.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 2, 2])  # every example classified with an astronomically large margin
+    result = gradient_alignment(model, x, y, per_example_ce)
+    assert math.isnan(result["weight"]) and math.isnan(result["logits"])
 
 
 @pytest.mark.parametrize("vectors, labels, message", [

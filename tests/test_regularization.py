@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -142,14 +140,10 @@ def write_synthetic_sweep(root):
 @pytest.mark.parametrize("notebook,stem", [("fig_a_llid_vs_strength", "llid_vs_strength"),
                                            ("fig_b_pid_over_llid", "accuracy_vs_pid_over_llid"),
                                            ("fig_c_over_regularization", "pid_vs_strength")])
-def test_figure_notebook_under_papermill(tmp_path, notebook, stem):
+def test_figure_notebook_under_papermill(tmp_path, notebook, stem, run_notebook):
     rows = write_synthetic_sweep(tmp_path / "runs")
-    ipynb = subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "-o", "-",
-                            str(ROOT / "notebooks" / f"{notebook}.py")], check=True, capture_output=True).stdout
-    result = subprocess.run([sys.executable, "-m", "papermill", "-", str(tmp_path / "out.ipynb"), "-k", "python3",
-                             "--no-progress-bar", "-p", "runs_dir", str(tmp_path / "runs"),
-                             "-p", "out_dir", str(tmp_path / "fig"), "-p", "tolerance", "0.05"],
-                            input=ipynb, capture_output=True)
+    result = run_notebook(notebook, tmp_path / "out.ipynb", runs_dir=tmp_path / "runs", out_dir=tmp_path / "fig",
+                          tolerance=0.05)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 10_000
     assert (tmp_path / "fig" / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"

@@ -139,13 +139,16 @@ def load_image_dataset(name: str, data_dir: str = "data", download: bool = False
                      _normalise(val_x, mean, std).to(device), val_y.to(device), n_classes, mean, std, name)
 
 
-def download_missing_cifar(configs: list[dict], data_root) -> None:
-    """Download, once, the CIFAR sets that runs with ``download: true`` need and ``data_root(data_dir)`` lacks
+def download_missing(configs: list[dict], data_root) -> None:
+    """Download, once, the CIFAR and MNIST sets that runs with ``download: true`` need and ``data_root(data_dir)`` lacks
     (a sweep calls this before starting parallel shards, which would otherwise race to download one archive).
-    ``configs`` are resolved run configs with ``dataset``, ``data_dir``, ``download`` and ``verify_md5``."""
-    for dataset, data_dir, verify in sorted({(c["dataset"], c["data_dir"], c["verify_md5"]) for c in configs
-                                             if c["download"] and c["dataset"] in CIFAR_DIRS}):
-        if not (data_root(data_dir) / CIFAR_DIRS[dataset]).is_dir():
+    ``configs`` are resolved run configs with ``dataset``, ``data_dir``, ``download`` (and ``verify_md5``)."""
+    for dataset, data_dir, verify in sorted({(c["dataset"], c["data_dir"], c.get("verify_md5", True)) for c in configs
+                                             if c["download"] and c["dataset"] in (*CIFAR_DIRS, "mnist")}):
+        if dataset == "mnist":
+            if not (data_root(data_dir) / "MNIST" / "raw").is_dir():
+                _load_mnist(str(data_root(data_dir)), download=True)
+        elif not (data_root(data_dir) / CIFAR_DIRS[dataset]).is_dir():
             _load_cifar(dataset, str(data_root(data_dir)), download=True, verify=verify)
 
 
@@ -157,39 +160,63 @@ def standardize_per_image(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(1, keepdim=True)) / std
 
 
-def load_standardized_vectors(name: str, data_dir: str = "data", download: bool = False, device="cpu",
-                              verify: bool = True) -> ImageData:
-    """Like :func:`load_image_dataset`, but every image is a flat vector standardized on its own
-    (:func:`standardize_per_image`): digits unpadded (784-d), CIFAR 3,072-d. ``mean``/``std`` are empty (no
-    data-set-wide normalisation)."""
-    if name not in NAMES:
-        raise ValueError(f"unknown image data set {name!r}; choose one of {NAMES}")
+def _load_mnist(data_dir: str, download: bool):
+    """torchvision's MNIST (60,000 train / 10,000 test) from ``<data_dir>/MNIST/raw``, pixels in [0, 1]."""
+    from torchvision.datasets import MNIST
+    folder = os.path.join(data_dir, "MNIST", "raw")
+    hint = (f"MNIST files not found in {folder}. Fix: call with download=True while online, or copy the four "
+            f"idx files (train-images-idx3-ubyte, ...) into {folder}.")
+    try:
+        train, val = MNIST(data_dir, train=True, download=download), MNIST(data_dir, train=False)
+    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True to download it"
+        raise FileNotFoundError(hint) from e
+    except Exception as e:  # offline download: URLError, OSError, ...
+        raise FileNotFoundError(f"download failed ({type(e).__name__}: {e}). {hint}") from e
+    to_x = lambda d: d.data.float().div(255).unsqueeze(1)  # noqa: E731 (N, 28, 28) uint8
+    return to_x(train), train.targets.long(), to_x(val), val.targets.long(), 10
+
+
+VECTOR_NAMES = ("mnist5k", "mnist", "cifar10", "cifar100")
+
+
+def load_vectors(name: str, data_dir: str = "data", download: bool = False, device="cpu", verify: bool = True,
+                 standardize: bool = False) -> ImageData:
+    """A data set for MLPs: every image a flat vector, pixels in [0, 1] (torchvision's ``ToTensor``), or with
+    ``standardize`` each image standardized on its own (:func:`standardize_per_image`). Digits are unpadded
+    (784-d: ``mnist5k``, the offline digits, or ``mnist``, torchvision's MNIST under ``data_dir``), CIFAR 3,072-d.
+    ``mean``/``std`` are empty (no data-set-wide normalisation)."""
+    if name not in VECTOR_NAMES:
+        raise ValueError(f"unknown data set {name!r} for vector inputs; choose one of {VECTOR_NAMES}")
     if name == "mnist5k":
         train_x, train_y, val_x, val_y, n_classes = _load_mnist5k(pad=0)
+    elif name == "mnist":
+        train_x, train_y, val_x, val_y, n_classes = _load_mnist(data_dir, download)
     else:
         train_x, train_y, val_x, val_y, n_classes = _load_cifar(name, data_dir, download, verify)
-    return ImageData(standardize_per_image(train_x).to(device), train_y.to(device),
-                     standardize_per_image(val_x).to(device), val_y.to(device), n_classes, (), (), name)
+    flat = standardize_per_image if standardize else (lambda x: x.flatten(1))
+    return ImageData(flat(train_x).to(device), train_y.to(device), flat(val_x).to(device), val_y.to(device),
+                     n_classes, (), (), name)
 
 
-def train_subset(data: ImageData, n: int, seed: int = 0) -> ImageData:
-    """The same data with ``n`` training examples, ``n / n_classes`` of each class, drawn with a fixed
-    ``seed`` (independent of the run's seed, so every run of a sweep sees the same images). The
-    normalisation constants stay those of the full set; the validation split is unchanged."""
+def train_subset(data: ImageData, n: int, seed: int = 0, split: str = "train") -> ImageData:
+    """The same data with ``n`` examples of ``split`` ("train", or "val" for the validation split), ``n / n_classes``
+    of each class, drawn with a fixed ``seed`` (independent of the run's seed, so every run of a sweep sees the
+    same images). The normalisation constants stay those of the full set; the other split is unchanged."""
+    key = {"train": "train_images", "val": "val_images"}[split]
+    x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
     per_class, rest = divmod(n, data.n_classes)
     if n <= 0 or rest:
-        raise ValueError(f"train_images={n}: use a positive multiple of the {data.n_classes} classes")
+        raise ValueError(f"{key}={n}: use a positive multiple of the {data.n_classes} classes")
     g = torch.Generator().manual_seed(seed)
-    labels = data.train_y.cpu()
+    labels = y.cpu()
     picked = []
     for c in range(data.n_classes):
         idx = torch.nonzero(labels == c).flatten()
         if len(idx) < per_class:
-            raise ValueError(f"train_images={n} needs {per_class} examples of class {c}; the training split has "
-                             f"{len(idx)}")
+            raise ValueError(f"{key}={n} needs {per_class} examples of class {c}; the {split} split has {len(idx)}")
         picked.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
-    keep = torch.cat(picked).sort().values.to(data.train_y.device)
-    return replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])
+    keep = torch.cat(picked).sort().values.to(y.device)
+    return replace(data, **{f"{split}_x": x[keep], f"{split}_y": y[keep]})
 
 
 class DeviceAugment:
@@ -286,4 +313,23 @@ def write_fake_cifar(root: str, name: str = "cifar10", n_train: int = 100, n_tes
         dump("test", batch(n_test))
         dump("meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
                       "coarse_label_names": [f"coarse{i}" for i in range(20)]})
+    return folder
+
+
+def write_fake_mnist(root: str, n_train: int = 100, n_test: int = 50, seed: int = 0) -> str:
+    """Write a tiny data set in torchvision's MNIST on-disk layout under ``root``; return its folder.
+
+    The four uncompressed idx files of ``<root>/MNIST/raw`` (big-endian magic 2051 for images with their count,
+    rows and columns, 2049 for labels, then uint8 data), which torchvision reads without a checksum. Random
+    pixels and labels: for testing the loading path, not the learning."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "MNIST", "raw")
+    os.makedirs(folder, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        with open(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), "wb") as f:
+            f.write(np.array([2051, n, 28, 28], dtype=">i4").tobytes())
+            f.write(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8).tobytes())
+        with open(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), "wb") as f:
+            f.write(np.array([2049, n], dtype=">i4").tobytes())
+            f.write(rng.integers(0, 10, n, dtype=np.uint8).tobytes())
     return folder

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 
 from actid.config import check_keys, pick
-from actid.data.images import download_missing_cifar, load_standardized_vectors, train_subset
+from actid.data.images import VECTOR_NAMES, download_missing, load_vectors, train_subset
 from actid.losses import get_loss
 from actid.models.mlp import MLPConfig, TwoLayerMLP
 from actid.paths import resolve as resolve_path
@@ -50,7 +50,7 @@ DERIVED = {"steps", "eval_every", "milestones"}  # set from epochs by build()
 class MemorizationSetup:
     """Data, model and length of one run (the optimizer keys live in TrainConfig)."""
 
-    dataset: str = "mnist5k"  # or cifar10 / cifar100 (torchvision on-disk layout under data_dir)
+    dataset: str = "mnist5k"  # or mnist / cifar10 / cifar100 (torchvision's on-disk layout under data_dir)
     data_dir: str = "data"  # relative to the repository root
     download: bool = False
     verify_md5: bool = True
@@ -71,6 +71,8 @@ def resolve(config: dict) -> dict:
     merged = {**REFERENCE, **config}
     setup, train_cfg = pick(MemorizationSetup, merged), pick(TrainConfig, merged)  # validates values
     MLPConfig(activation=setup.activation, init_std=setup.init_std)  # validates the model keys
+    if setup.dataset not in VECTOR_NAMES:
+        raise ValueError(f"dataset must be one of {VECTOR_NAMES}, got {setup.dataset!r}")
     get_loss(setup.loss)
     resolved = {**asdict(setup), **{k: v for k, v in asdict(train_cfg).items() if k not in DERIVED}}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
@@ -78,7 +80,7 @@ def resolve(config: dict) -> dict:
 
 def prepare(configs: list[dict]) -> None:
     """Download the CIFAR sets these runs need and lack, once, before the sweep starts parallel shards."""
-    download_missing_cifar(configs, resolve_path)
+    download_missing(configs, resolve_path)
 
 
 def build(config: dict) -> tuple[Task, TrainConfig]:
@@ -86,8 +88,8 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
     config = resolve(config)
     setup = pick(MemorizationSetup, config)
     device = resolve_device(config["device"])
-    data = load_standardized_vectors(setup.dataset, str(resolve_path(setup.data_dir)), download=setup.download,
-                                     device=device, verify=setup.verify_md5)
+    data = load_vectors(setup.dataset, str(resolve_path(setup.data_dir)), download=setup.download, device=device,
+                        verify=setup.verify_md5, standardize=True)
     if setup.train_images is not None:
         data = train_subset(data, setup.train_images)
     steps_per_epoch = math.ceil(len(data.train_y) / config["batch_size"])

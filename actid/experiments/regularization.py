@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 
 from actid.config import check_keys, pick
-from actid.data.images import DeviceAugment, download_missing_cifar, load_image_dataset, train_subset
+from actid.data.images import DeviceAugment, download_missing, load_image_dataset, train_subset
 from actid.models.resnet import ResNet18
 from actid.paths import resolve as resolve_path
 from actid.train import Task, TrainConfig, resolve_device
@@ -81,7 +81,7 @@ def resolve(config: dict) -> dict:
 
 def prepare(configs: list[dict]) -> None:
     """Download the CIFAR sets these runs need and lack, once, before the sweep starts parallel shards."""
-    download_missing_cifar(configs, resolve_path)
+    download_missing(configs, resolve_path)
 
 
 def build(config: dict) -> tuple[Task, TrainConfig]:

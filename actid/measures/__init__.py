@@ -5,6 +5,7 @@ Plain functions (any tensors, any model)::
     alignment(vectors, labels=None)                      Mehta et al.'s Omega (in-class with labels)
     gradient_alignment(model, inputs, labels, loss_fn)   in-class Omega of per-example gradients
     activation_sparsity(activations, threshold)          Golechha: fraction of entries below threshold
+    relative_activation_sparsity(activations, ratio)     the same below ratio x the median |activation|
     weight_entropy(weight)                               Golechha: -sum |w| log |w|
     local_circuit_complexity(model, layer, inputs)       Golechha: KL after zeroing 10% of a layer
     participation_ratio(activations)                     (sum lambda)^2 / sum lambda^2 of the covariance
@@ -20,6 +21,7 @@ kind                       needs        columns
 id                         activations  id/<layer>, id_err/<layer>, llid, pid
 participation_ratio        activations  participation_ratio/<layer>
 sparsity                   activations  sparsity/<layer>   (``threshold`` required)
+relative_sparsity          activations  relative_sparsity/<layer>   (``ratio`` required)
 representation_alignment   activations  representation_alignment/<layer> (in-class)
 gradient_alignment         model        gradient_alignment/<param>, gradient_alignment/logits
 relative_gradient_norm     model        relative_gradient_norm/<param>
@@ -35,11 +37,12 @@ from actid.measures.base import (REGISTRY, Evaluation, LayerMeasure, Measure, Pr
 from actid.measures.gradient_norm import RelativeGradientNorm, relative_gradient_norms
 from actid.measures.intrinsic import IntrinsicDimension, SkdimEstimator
 from actid.measures.linear import ParticipationRatio, participation_ratio
-from actid.measures.progress import (CircuitComplexity, Sparsity, WeightEntropy, WeightNorm, activation_sparsity,
-                                     local_circuit_complexity, weight_entropies, weight_entropy, weight_norms)
+from actid.measures.progress import (CircuitComplexity, RelativeSparsity, Sparsity, WeightEntropy, WeightNorm,
+                                     activation_sparsity, local_circuit_complexity, relative_activation_sparsity,
+                                     weight_entropies, weight_entropy, weight_norms)
 
 __all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "LayerMeasure", "Measure",
-           "ParticipationRatio", "Probe", "RelativeGradientNorm", "RepresentationAlignment", "SkdimEstimator", "Sparsity", "WeightEntropy",
+           "ParticipationRatio", "Probe", "RelativeGradientNorm", "RelativeSparsity", "RepresentationAlignment", "SkdimEstimator", "Sparsity", "WeightEntropy",
            "WeightNorm", "activation_sparsity", "alignment", "build_measure", "build_measures", "build_probes",
-           "gradient_alignment", "local_circuit_complexity", "participation_ratio", "register", "relative_gradient_norms", "resolve_measures",
+           "gradient_alignment", "local_circuit_complexity", "participation_ratio", "register", "relative_activation_sparsity", "relative_gradient_norms", "resolve_measures",
            "resolve_probes", "weight_entropies", "weight_entropy", "weight_norms"]

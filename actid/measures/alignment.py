@@ -26,17 +26,16 @@ from actid.measures.base import Evaluation, LayerMeasure, Measure, register
 def omega_from_sums(sum_vector_sq_norm, sum_sq_norms, sum_norms, n):
     """Ω from ‖Σ g_i‖², Σ‖g_i‖², Σ‖g_i‖ and the count n ≥ 2: floats give a float, tensors give Ω elementwise.
 
-    If every g_i is zero (Σ‖g_i‖ = 0) this is 0: like the reference code, it divides by 1 when the mean norm is 0
-    (the numerator is then 0 too).
+    If every g_i is zero (Σ‖g_i‖ = 0), Ω is undefined and this is NaN: vectors of length 0 have no direction
+    (e.g. the per-example gradients of a network whose softmax has saturated on every example). The reference code
+    reports 0 there, which would read as "unaligned"; in-class means skip such classes.
     """
     if not isinstance(n, torch.Tensor) and n < 2:
         raise ValueError(f"alignment needs at least 2 vectors, got {n}")
     denominator = (n - 1) * sum_norms**2
     if isinstance(denominator, torch.Tensor):
-        denominator = torch.where(denominator > 0, denominator, 1.0)
-    else:
-        denominator = denominator or 1.0
-    return n * (sum_vector_sq_norm - sum_sq_norms) / denominator
+        return torch.where(denominator > 0, n * (sum_vector_sq_norm - sum_sq_norms) / denominator, float("nan"))
+    return n * (sum_vector_sq_norm - sum_sq_norms) / denominator if denominator > 0 else float("nan")
 
 
 def _omega(g: torch.Tensor) -> float:
@@ -48,7 +47,8 @@ def alignment(vectors, labels=None) -> float:
     """Ω of the rows of ``vectors`` (dims after the first are flattened), in float64.
 
     With ``labels`` (1-D, one per row) this is the in-class alignment: the mean of Ω over the classes with at least
-    2 members; classes with a single member have no pairs and are skipped.
+    2 members; classes with a single member have no pairs and are skipped, as are classes whose vectors are all
+    zero (Ω undefined; NaN if that leaves none).
     """
     g = torch.as_tensor(vectors).detach()
     if g.ndim == 0:
@@ -72,7 +72,7 @@ def alignment(vectors, labels=None) -> float:
     sum_sq = torch.zeros(len(counts), dtype=g.dtype, device=g.device).index_add_(0, inverse, sq_norms)
     sum_norms = torch.zeros(len(counts), dtype=g.dtype, device=g.device).index_add_(0, inverse, sq_norms.sqrt())
     omegas = omega_from_sums(per_class.square().sum(1), sum_sq, sum_norms, counts.to(g.dtype))
-    return float(omegas[counts >= 2].mean())
+    return float(omegas[counts >= 2].nanmean())
 
 
 def gradient_alignment(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss_fn, *,
@@ -81,7 +81,8 @@ def gradient_alignment(model: nn.Module, inputs: torch.Tensor, labels: torch.Ten
 
     Returns ``{name: Ω}`` for every parameter of ``model.named_parameters()`` with ``requires_grad``, plus
     ``"logits"``: Ω of the per-example gradient of the loss w.r.t. the model's (n, k) output. Each value is the mean
-    of Ω over the classes of ``labels`` with at least 2 examples (singleton classes are skipped).
+    of Ω over the classes of ``labels`` with at least 2 examples (singleton classes, and classes whose gradients
+    are all zero, are skipped; NaN if none is left).
 
     ``loss_fn(logits, labels)`` returns per-example losses of shape (n,), or a scalar taken to be the batch MEAN
     (as ``F.cross_entropy`` by default). The model runs in eval mode, so examples are independent; every module's
@@ -158,7 +159,7 @@ class _InClassOmega:
         self.omegas.append(omega_from_sums(A[:, :complete], Q[:, :complete], N[:, :complete], n[:complete]))
 
     def means(self) -> dict[str, float]:
-        return dict(zip(self.keys, torch.cat(self.omegas, 1).mean(1).tolist()))
+        return dict(zip(self.keys, torch.cat(self.omegas, 1).nanmean(1).tolist()))
 
 
 def _gradient_alignment(model, inputs, labels, loss_fn, order, group, chunk_size) -> dict[str, float]:

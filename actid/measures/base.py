@@ -44,7 +44,7 @@ def as_real_tensor(x, name: str) -> torch.Tensor:
 @dataclass(kw_only=True)
 class Probe:
     """A fixed subset of an evaluation split: ``max_points`` examples drawn with ``seed`` (0: all), or, with
-    ``per_class``, that many examples of every class (a class-balanced probe; ``max_points`` is then unused).
+    ``per_class``, that many examples of every class (a class-balanced probe; not both).
 
     ``per_class`` is recorded in ``config.json`` only when set, so runs made before it existed keep their
     identity (and are not rerun)."""
@@ -54,11 +54,16 @@ class Probe:
     per_class: int = 0
     seed: int | None = None  # None: the run's seed + 2 (resolved into config.json)
 
+    def __post_init__(self):
+        if self.per_class and self.max_points:
+            raise ValueError(f"probe of split {self.split!r}: give max_points (a random subset) or per_class (a "
+                             f"class-balanced one), not both")
+
     def index(self, labels: torch.Tensor) -> torch.Tensor | None:
         """Sorted indices of the subset of a split with these ``labels``, or None for the whole split."""
         n = len(labels)
-        gen = torch.Generator().manual_seed(self.seed)
         if self.per_class:
+            gen = torch.Generator().manual_seed(self.seed)
             labels = labels.cpu()
             picked = []
             for c in labels.unique().tolist():
@@ -70,6 +75,7 @@ class Probe:
             return torch.cat(picked).sort().values
         if not self.max_points or n <= self.max_points:
             return None
+        gen = torch.Generator().manual_seed(self.seed)
         return torch.randperm(n, generator=gen)[:self.max_points].sort().values
 
 

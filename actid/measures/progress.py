@@ -1,6 +1,7 @@
 """Progress measures for grokking (Golechha 2024, "Progress measures for grokking on real-world tasks").
 
-* activation sparsity: fraction of activations below a threshold;
+* activation sparsity: fraction of activations below a threshold (and a scale-free variant, relative to the
+  layer's median |activation|);
 * weight entropy: -sum |w| log |w| over the weights (unnormalised);
 * local circuit complexity: KL divergence of the output when a random fraction of one layer's weights
   is zeroed, summed over the inputs;
@@ -38,6 +39,22 @@ def activation_sparsity(activations, threshold: float) -> float:
     if x.numel() == 0:
         raise ValueError(f"activations have no features, got shape {tuple(activations.shape)}")
     return float((x < threshold).sum().item() / x.numel())
+
+
+def relative_activation_sparsity(activations, ratio: float) -> float:
+    """Fraction of activation entries with |a| <= ``ratio`` x the median |a| of all entries: a scale-free sparsity,
+    unchanged when the activations are rescaled. (With a large initialization scale the activations shrink by
+    orders of magnitude during training, so a fixed threshold changes meaning over a run.) When more than half the
+    entries are 0 (e.g. after ReLU) the median is 0 and this is the fraction of exact zeros."""
+    x = as_real_tensor(activations, "activations")
+    if isinstance(ratio, bool) or not isinstance(ratio, Real) or not ratio >= 0:
+        raise ValueError(f"ratio must be a number >= 0, got {ratio!r}")
+    if x.ndim < 1 or x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"activations must have at least one example and one feature, got shape {tuple(x.shape)}")
+    magnitude = x.reshape(-1).abs().to(torch.float64)
+    if torch.isnan(magnitude).any():
+        raise ValueError("activations contain NaN; fix them first")
+    return float((magnitude <= ratio * magnitude.median()).sum().item() / magnitude.numel())
 
 
 def weight_entropy(weight) -> float:
@@ -174,6 +191,19 @@ class Sparsity(LayerMeasure):
 
     def value(self, activations, labels) -> float:
         return activation_sparsity(activations, self.threshold)
+
+
+@register
+@dataclass(kw_only=True)
+class RelativeSparsity(LayerMeasure):
+    """Scale-free activation sparsity of each layer on the probe (threshold ``ratio`` x the layer's median
+    |activation|): ``relative_sparsity/<layer>``."""
+
+    kind = "relative_sparsity"
+    ratio: float
+
+    def value(self, activations, labels) -> float:
+        return relative_activation_sparsity(activations, self.ratio)
 
 
 @register

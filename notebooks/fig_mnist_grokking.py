@@ -1,0 +1,218 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Grokking on MNIST: progress measures and the ID on the same curves (Golechha 2024; Brown et al. 2022)
+#
+# Omnigrok's MLP with every parameter scaled by α = 8 fits 1,000 training digits at once and generalizes much
+# later. Golechha proposes three progress measures that track the delayed generalization: **activation
+# sparsity**, **absolute weight entropy** and **local circuit complexity**, and shows they keep tracking it when a
+# reward for large weights (loss − δ Σ w²) makes the **weight norm grow** while the model groks; with **dropout**
+# the delay disappears. Brown et al. report that the last-layer ID (**LLID**) drops when a transformer groks; here
+# the same lens is put on real data. One column per variant, every measure against log steps.
+#
+# Statistics (fixed before the default profile was tuned; `actid.analysis`): the **saturation step** (first
+# evaluation with train accuracy ≥ `saturated`), the **grok step** (first evaluation whose validation accuracy
+# reaches the midpoint between its value at saturation and its final value), the **delay** between them, and for
+# each measure the step of its **steepest change per log-step** from saturation on, with its **lag** from the grok
+# step in evaluations (negative: the measure moves first). A measure "moves with grokking" when
+# |lag| ≤ `co_occurrence_evaluations`.
+#
+# Negative control not run here: at weight decay 0 and ~10⁶–10⁷ steps, test accuracy of this set-up can later
+# *collapse* (Prakash & Martin 2025) while sparsity, weight entropy and circuit complexity do not flag it.
+#
+# Input: the raw runs of `python -m actid.sweep mnist_grokking` (stage `mnist_grokking`). Output, in `out_dir`:
+# `measures.png`/`.pdf`, `summary.csv` and `metrics.json` (with the claims). With `out_dir = None` (JupyterLab)
+# they go to the scratch folder `build/figures/mnist_grokking`.
+
+# %% tags=["parameters"]
+runs_dir = "runs/mnist_grokking"  # relative to the repository root, or absolute
+out_dir = None  # None: build/figures/mnist_grokking (scratch); the DVC stage passes figures/mnist_grokking
+saturated = 0.99  # train accuracy that counts as fitted
+min_gain = 0.1  # a run groks if its final validation accuracy exceeds that at saturation by this much
+delay_threshold = 1000  # steps: a delay at least this long is delayed generalization
+co_occurrence_evaluations = 2  # a measure moves with grokking if its steepest change is this close (evaluations)
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from actid import plotting
+from actid.analysis import measure_lags, midpoint_grokking
+from actid.claims import claim, profile_label
+from actid.paths import resolve
+from actid.runs import load_runs
+from actid.schema import LLID, STEP, acc
+
+plotting.use_style()
+runs = load_runs(resolve(runs_dir))
+out = plotting.output_dir(out_dir, "mnist_grokking")
+several_batches = runs["batch_size"].nunique() > 1
+
+
+def variant(row) -> str:
+    name = (f"dropout {row['dropout']:g}" if row["dropout"] > 0 else
+            f"increasing norm (δ {row['norm_reward']:g})" if row["norm_reward"] > 0 else "baseline")
+    return f"{name}, batch {row['batch_size']:g}" if several_batches else name
+
+
+config = runs.groupby("run")[["norm_reward", "dropout", "batch_size", "weight_decay", "dataset", "finished"]].first()
+config["variant"] = config.apply(variant, axis=1)
+order = sorted(config.index, key=lambda r: (config.loc[r, "batch_size"], config.loc[r, "dropout"] > 0,
+                                           config.loc[r, "norm_reward"] > 0))
+print(f"{len(config)} runs, {len(runs)} evaluation rows from {resolve(runs_dir)}")
+
+# %%
+MEASURES = {  # label -> column; lags are reported for each
+    "weight norm": "weight_norm/total",
+    "sparsity (relu1)": "sparsity/relu1", "sparsity (relu2)": "sparsity/relu2",
+    "relative sparsity (relu1)": "relative_sparsity/relu1", "relative sparsity (relu2)": "relative_sparsity/relu2",
+    "weight entropy": "weight_entropy/total",
+    "circuit complexity (fc1)": "circuit_complexity/fc1", "circuit complexity (fc2)": "circuit_complexity/fc2",
+    "circuit complexity (fc3)": "circuit_complexity/fc3",
+    "LLID": LLID, "ID (relu1)": "id/relu1",
+}
+rows, lags = {}, {}
+for name in order:
+    run = runs[runs["run"] == name].sort_values(STEP)
+    grok = midpoint_grokking(run, saturated, min_gain)
+    lags[name] = measure_lags(run, list(MEASURES.values()), grok)
+    norms = run["weight_norm/total"].to_numpy()
+    gap = float((run[acc("train")] - run[acc("val")]).max())  # the overfitting phase, if any
+    rows[name] = {**grok, "initial_weight_norm": norms[0], "final_weight_norm": norms[-1], "max_accuracy_gap": gap,
+                  **{f"lag_evaluations {label}": lags[name][column]["lag_evaluations"] for label, column in MEASURES.items()}}
+summary = config.loc[order].join(pd.DataFrame(rows).T)
+plotting.save_csv(summary, out / "summary.csv")
+summary.T
+
+# %%
+panels = [
+    ("accuracy", [(acc("train"), "train accuracy", plotting.COLORS["train_acc"], "-"), (acc("val"), "validation accuracy", plotting.COLORS["val_acc"], "-")]),
+    ("weight norm (L2, all parameters)", [("weight_norm/total", None, "black", "-")]),
+    ("activation sparsity\n(training inputs)", [("sparsity/relu1", "sparsity relu1, a < 0.1", plotting.PALETTE[0], "-"),
+                                                 ("sparsity/relu2", "sparsity relu2, a < 0.1", plotting.PALETTE[1], "-"),
+                                                 ("relative_sparsity/relu1", "sparsity relu1, relative", plotting.PALETTE[0], "--"),
+                                                 ("relative_sparsity/relu2", "sparsity relu2, relative", plotting.PALETTE[1], "--")]),
+    ("weight entropy\n−Σ|w| log|w|", [("weight_entropy/total", None, "black", "-")]),
+    ("local circuit complexity\n(Σ KL, training inputs)", [(f"circuit_complexity/fc{i}", f"circuit complexity fc{i}", plotting.PALETTE[i - 1], "-")
+                                                           for i in (1, 2, 3)]),
+    ("ID (TwoNN, validation)", [(LLID, "LLID (relu2)", plotting.COLORS["id"], "-"), ("id/relu1", "ID relu1", plotting.COLORS["id"], ":")]),
+]
+fig, axes = plt.subplots(len(panels), len(order), figsize=(4.2 * len(order), 2.3 * len(panels) + 1.2), squeeze=False,
+                         sharex=True)
+for j, name in enumerate(order):
+    run = runs[runs["run"] == name].sort_values(STEP)
+    stats = summary.loc[name]
+    for i, (label, lines) in enumerate(panels):
+        ax = axes[i][j]
+        for column, _, color, ls in lines:
+            ok = run[column].notna()
+            ax.plot(run.loc[ok, STEP], run.loc[ok, column], color=color, ls=ls, lw=1.4)
+        for step, style in ((stats["saturation_step"], ":"), (stats["grok_step"], "--")):
+            if np.isfinite(step):
+                ax.axvline(step, color="black", ls=style, lw=0.9)
+        ax.set_xscale("symlog", linthresh=10)
+        if j == 0:
+            ax.set_ylabel(label)
+    delay = f"delay {stats['delay_steps']:.0f} steps" if np.isfinite(stats["delay_steps"]) else "train never saturates"
+    axes[0][j].set_title(f"{stats['variant']}\n{delay}")
+    axes[0][j].set_ylim(-0.02, 1.02)
+    axes[-1][j].set_xlabel("training step")
+    if not stats["finished"]:
+        axes[0][j].scatter(run[STEP].iloc[-1:], run[acc("val")].iloc[-1:], **plotting.UNFINISHED)
+handles = [Line2D([], [], color=color, ls=ls, label=text) for _, lines in panels for _, text, color, ls in lines if text]
+handles += [Line2D([], [], color="black", ls=":", lw=0.9, label=f"train accuracy reaches {saturated:g}"),
+            Line2D([], [], color="black", ls="--", lw=0.9, label="grok step: validation accuracy at the midpoint")]
+if not summary["finished"].all():
+    handles.append(plotting.unfinished_handle())
+plotting.legend_below(fig, handles, ncol=4)
+fig.suptitle(f"Accuracy, weight norm and progress measures against training step ({runs['dataset'].iloc[0]}, "
+             f"weight decay {runs['weight_decay'].iloc[0]:g})")
+plotting.save_figure(fig, out, "measures")
+
+# %% [markdown]
+# ## The papers' claims, tested on these runs
+
+# %%
+profile = profile_label(runs)
+dataset = runs["dataset"].iloc[0]
+claims = []
+
+
+def first_run(kind: str):
+    """The first run (smallest batch first in `order`) of a variant kind: baseline, increasing or dropout."""
+    test = {"baseline": lambda c: c["dropout"] == 0 and c["norm_reward"] == 0,
+            "increasing": lambda c: c["norm_reward"] > 0, "dropout": lambda c: c["dropout"] > 0}[kind]
+    names = [n for n in order if test(config.loc[n])]
+    return names[0] if names else None
+
+
+def describe(stats) -> str:
+    return (f"delay {stats['delay_steps']:.0f} steps (train ≥ {saturated:g} at step {stats['saturation_step']:.0f}, "
+            f"grok step {stats['grok_step']:.0f}; validation {stats['val_acc_at_saturation']:.2f} → "
+            f"{stats['final_val_acc']:.2f}; {dataset})")
+
+
+PAPER = {"weight norm": "falls as test accuracy rises", "sparsity (relu1)": "plateaus just before grokking",
+         "weight entropy": "drops sharply with generalization", "circuit complexity (fc1)": "decreases with generalization",
+         "LLID": "drops when the model groks (Brown et al., transformer on modular division)"}
+for kind, figure in (("baseline", "Golechha 1"), ("increasing", "Golechha 2")):
+    name = first_run(kind)
+    if name is None:
+        continue
+    stats = summary.loc[name]
+    delayed = bool(stats["grokked"] and stats["delay_steps"] >= delay_threshold)
+    if kind == "baseline":
+        claims.append(claim(figure, "generalization comes long after the training set is fitted (baseline)",
+                            "test accuracy rises thousands of steps after train accuracy saturates", describe(stats),
+                            delayed, profile))
+    else:
+        rises = bool(stats["final_weight_norm"] > stats["initial_weight_norm"])
+        claims.append(claim(figure, "the model groks while its weight norm grows (loss − δ Σ w²)",
+                            "grokking with the weight norm rising (δ = 2e-10)",
+                            f"weight norm {stats['initial_weight_norm']:.1f} → {stats['final_weight_norm']:.1f}; "
+                            + describe(stats), bool(rises and delayed), profile))
+    for label, text in PAPER.items():
+        if kind == "increasing" and label == "weight norm":
+            continue
+        lag = lags[name][MEASURES[label]]
+        ok = np.isfinite(lag["lag_evaluations"])
+        claims.append(claim("Brown D" if label == "LLID" else figure,
+                            f"{label} moves with grokking: steepest change within {co_occurrence_evaluations:g} "
+                            f"evaluations of the grok step ({stats['variant']})", text,
+                            f"steepest change per log-step at step {lag['change_step']:.0f}: lag {lag['lag_steps']:+.0f} "
+                            f"steps, {lag['lag_evaluations']:+.0f} evaluations from the grok step; {dataset}" if ok
+                            else "no grok step or no change after saturation",
+                            bool(abs(lag["lag_evaluations"]) <= co_occurrence_evaluations) if ok else None, profile))
+name = first_run("dropout")
+if name is not None:
+    stats = summary.loc[name]
+    baseline = first_run("baseline")
+    gaps = f"; largest train − validation accuracy gap {stats['max_accuracy_gap']:.2f}" + (
+        f" (baseline {summary.loc[baseline, 'max_accuracy_gap']:.2f})" if baseline else "")
+    claims.append(claim("Golechha 3", "with dropout the delay vanishes", "no delayed generalization, no overfitting "
+                        "phase (dropout 0.3)", describe(stats) + gaps,
+                        bool(np.isfinite(stats["delay_steps"]) and stats["delay_steps"] < delay_threshold), profile))
+
+metrics = {"dataset": dataset, "n_runs": int(len(summary)), "n_unfinished": int((~summary["finished"].astype(bool)).sum()),
+           "delay_threshold": delay_threshold, "co_occurrence_evaluations": co_occurrence_evaluations,
+           "runs": {name: {"variant": summary.loc[name, "variant"],
+                           **{k: summary.loc[name, k] for k in ("saturation_step", "grok_step", "delay_steps", "grokked",
+                                                                "val_acc_at_saturation", "final_val_acc",
+                                                                "initial_weight_norm", "final_weight_norm",
+                                                                "max_accuracy_gap")},
+                           "lags": lags[name]} for name in order},
+           "claims": claims}
+plotting.save_json(out / "metrics.json", metrics)
+pd.DataFrame(claims)[["figure", "claim", "ours", "agrees"]]
