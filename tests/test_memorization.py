@@ -192,6 +192,8 @@ def test_resolve_writes_out_the_reference_recipe_and_refuses_bad_keys():
         resolve({"loss": "mse"})
     with pytest.raises(ValueError, match="standard deviation"):
         resolve({"init_std": -1})
+    with pytest.raises(ValueError, match="train_images=105"):
+        resolve({"train_images": 105})
 
 
 def test_build_turns_epochs_into_steps_on_784_d_digits():

@@ -78,6 +78,23 @@ def test_increasing_norm_variant_grows_the_norm_the_baseline_shrinks(tmp_path):
     assert baseline < start < rewarded
 
 
+def test_logged_loss_is_the_data_loss_without_the_reward(tmp_path):
+    task, cfg = build({"train_images": 100, "width": 16, "steps": 1, "eval_log_points": 2, "batch_size": 100,
+                       "norm_reward": 1.0, "measures": {}, "device": "cpu"})
+    with torch.no_grad():
+        expected = float(task.loss_fn(task.model(task.train_x), task.train_y))
+    rows = train(task, cfg, tmp_path / "run", progress=False)
+    assert rows["train_loss"].iloc[0] == pytest.approx(expected, rel=1e-5)  # Σ w² would add ~10^3
+
+
+def test_validation_subset_is_class_balanced():
+    task, _ = build({"train_images": 100, "val_images": 500, "steps": 1, "device": "cpu"})
+    val_y = task.eval_sets["val"][1]
+    assert len(val_y) == 500 and torch.equal(torch.bincount(val_y), torch.full((10,), 50))
+    with pytest.raises(ValueError, match="val_images=55"):
+        resolve({"val_images": 55})  # refused before any run directory is written
+
+
 def test_resolve_writes_out_table_1_and_refuses_bad_values():
     config = resolve({})
     assert {k: config[k] for k in ("optimizer", "lr", "betas", "weight_decay", "batch_size", "steps", "init_scale",
@@ -150,9 +167,23 @@ def test_midpoint_grokking_and_lags_on_a_known_run():
     # the early jump (steps 10 -> 100) lies before saturation and is ignored
     assert lags["m"]["change_step"] == 3000 and lags["m"]["lag_steps"] == 0 and lags["m"]["lag_evaluations"] == 0
     assert lags["m"]["rate_per_log_step"] == pytest.approx(-3 / math.log(1.5))
-    assert lags["sparse"]["change_step"] == 10000 and lags["sparse"]["lag_evaluations"] == 2  # NaN rows skipped
+    # NaN rows are skipped; a steepest change in the last interval is at the window's edge: no lag
+    assert lags["sparse"]["change_step"] == 10000 and lags["sparse"]["at_edge"]
+    assert math.isnan(lags["sparse"]["lag_evaluations"]) and not lags["m"]["at_edge"]
     assert math.isnan(lags["absent"]["lag_steps"])
     assert steepest_log_change(np.array([0.0, 5.0]), np.array([1.0, 2.0]))[1] == -1  # step 0 has no log
+
+
+def test_grok_step_is_searched_from_saturation_on():
+    run = synthetic_run()
+    run.loc[1, "val_acc"] = 0.7  # a spike before saturation passes the midpoint but is not the grok step
+    assert midpoint_grokking(run)["grok_step"] == 3000
+    late = synthetic_run().assign(train_acc=[0.1] * 8 + [1.0])  # saturates at the last evaluation
+    grok = midpoint_grokking(late)
+    assert grok["delay_steps"] == 0 and grok["steps_after_saturation"] == 0 and not grok["grokked"]
+    missing = synthetic_run()
+    missing.loc[8, "val_acc"] = float("nan")
+    assert math.isnan(midpoint_grokking(missing)["grok_step"])
 
 
 def test_a_run_that_never_fits_has_no_grok_step():
@@ -206,7 +237,7 @@ def test_figure_notebook_under_papermill(tmp_path, run_notebook):
     assert (tmp_path / "fig" / "measures.png").stat().st_size > 10_000
     assert (tmp_path / "fig" / "measures.pdf").read_bytes()[:5] == b"%PDF-"
     metrics = json.loads((tmp_path / "fig" / "metrics.json").read_text())
-    assert metrics["n_runs"] == 3 and len(metrics["claims"]) == 1 + 5 + 1 + 4 + 1
+    assert metrics["n_runs"] == 3 and len(metrics["claims"]) == (1 + 4 + 1) + (1 + 3 + 1) + 1  # baseline, increasing, dropout
     assert {c["profile"] for c in metrics["claims"]} == {"tiny"}
     summary = pd.read_csv(tmp_path / "fig" / "summary.csv", index_col=0)
     assert set(summary["variant"]) == {"baseline", "increasing norm (δ 1e-06)", "dropout 0.3"}

@@ -71,6 +71,10 @@ def resolve(config: dict) -> dict:
     merged = {**REFERENCE, **config}
     setup, train_cfg = pick(MemorizationSetup, merged), pick(TrainConfig, merged)  # validates values
     MLPConfig(activation=setup.activation, init_std=setup.init_std)  # validates the model keys
+    classes = 100 if setup.dataset == "cifar100" else 10
+    if setup.train_images is not None and (setup.train_images <= 0 or setup.train_images % classes):
+        raise ValueError(f"train_images={setup.train_images}: use a positive multiple of the {classes} classes "
+                         "(a class-balanced subset)")
     if setup.dataset not in VECTOR_NAMES:
         raise ValueError(f"dataset must be one of {VECTOR_NAMES}, got {setup.dataset!r}")
     get_loss(setup.loss)

@@ -79,6 +79,10 @@ def resolve(config: dict) -> dict:
     get_loss(setup.loss)
     if setup.dataset not in VECTOR_NAMES[:2]:
         raise ValueError(f"dataset must be one of {VECTOR_NAMES[:2]}, got {setup.dataset!r}")
+    for key in ("train_images", "val_images"):
+        n = getattr(setup, key)
+        if n is not None and (n <= 0 or n % 10):
+            raise ValueError(f"{key}={n}: use a positive multiple of the 10 classes (a class-balanced subset)")
     if setup.norm_reward < 0:
         raise ValueError(f"norm_reward is δ >= 0 in the loss L - δ Σ w² (0: off), got {setup.norm_reward!r}")
     resolved = {**asdict(setup), **asdict(train_cfg)}
