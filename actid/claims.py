@@ -17,8 +17,12 @@ from actid.runs import atomic_write_text
 SIGNIFICANCE = 0.05  # two-sided p below which a correlation counts
 
 
-def claim(figure: str, text: str, paper: str, ours: str, agrees: bool | None, profile: str | None) -> dict:
-    """One row of the claims table (``agrees`` None: the statistic could not be computed)."""
+def claim(figure: str, text: str, paper: str, ours: str, agrees: bool | None, profile: str | None,
+          n_unfinished: int = 0) -> dict:
+    """One row of the claims table (``agrees`` None: the statistic could not be computed). With ``n_unfinished``
+    runs behind it the verdict is withheld: their values are not final."""
+    if n_unfinished:
+        ours, agrees = f"{ours} [{n_unfinished} run(s) unfinished: no verdict]", None
     return {"figure": figure, "claim": text, "paper": paper, "ours": ours, "profile": profile or "?",
             "agrees": agrees}
 

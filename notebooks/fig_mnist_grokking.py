@@ -156,10 +156,7 @@ claims = []
 
 
 def add_claim(figure, text, paper, ours, agrees):
-    """A claims-table row; with unfinished runs the verdict is withheld (their "final" accuracy is not final)."""
-    if n_unfinished:
-        ours, agrees = f"{ours} [{n_unfinished} run(s) unfinished: no verdict]", None
-    claims.append(claim(figure, text, paper, ours, agrees, profile))
+    claims.append(claim(figure, text, paper, ours, agrees, profile, n_unfinished))
 
 
 def first_run(kind: str):

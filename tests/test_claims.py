@@ -33,3 +33,9 @@ def test_a_metrics_file_without_claims_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="no 'claims' list"):
         main([str(tmp_path / "m.json"), "-o", str(tmp_path / "claims.md")])
     assert not (tmp_path / "claims.md").exists()
+
+
+def test_claims_of_unfinished_runs_get_no_verdict():
+    row = claim("X", "text", "paper", "r = 0.9", True, "default", n_unfinished=2)
+    assert row["agrees"] is None and row["ours"] == "r = 0.9 [2 run(s) unfinished: no verdict]"
+    assert claim("X", "text", "paper", "r = 0.9", True, "default")["agrees"] is True

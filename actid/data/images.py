@@ -198,15 +198,21 @@ def load_vectors(name: str, data_dir: str = "data", download: bool = False, devi
                      n_classes, (), (), name)
 
 
+def check_subset_size(key: str, n: int | None, n_classes: int) -> None:
+    """A class-balanced subset needs a positive multiple of the classes (None: the whole split); experiments call
+    this when resolving a config, before any run directory is written."""
+    if n is not None and (n <= 0 or n % n_classes):
+        raise ValueError(f"{key}={n}: use a positive multiple of the {n_classes} classes (a class-balanced subset)")
+
+
 def train_subset(data: ImageData, n: int, seed: int = 0, split: str = "train") -> ImageData:
     """The same data with ``n`` examples of ``split`` ("train", or "val" for the validation split), ``n / n_classes``
     of each class, drawn with a fixed ``seed`` (independent of the run's seed, so every run of a sweep sees the
     same images). The normalisation constants stay those of the full set; the other split is unchanged."""
     key = {"train": "train_images", "val": "val_images"}[split]
     x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-    per_class, rest = divmod(n, data.n_classes)
-    if n <= 0 or rest:
-        raise ValueError(f"{key}={n}: use a positive multiple of the {data.n_classes} classes")
+    check_subset_size(key, n, data.n_classes)
+    per_class = n // data.n_classes
     g = torch.Generator().manual_seed(seed)
     labels = y.cpu()
     picked = []

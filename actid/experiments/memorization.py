@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 
 from actid.config import check_keys, pick
-from actid.data.images import VECTOR_NAMES, download_missing, load_vectors, train_subset
+from actid.data.images import VECTOR_NAMES, check_subset_size, download_missing, load_vectors, train_subset
 from actid.losses import get_loss
 from actid.models.mlp import MLPConfig, TwoLayerMLP
 from actid.paths import resolve as resolve_path
@@ -71,10 +71,7 @@ def resolve(config: dict) -> dict:
     merged = {**REFERENCE, **config}
     setup, train_cfg = pick(MemorizationSetup, merged), pick(TrainConfig, merged)  # validates values
     MLPConfig(activation=setup.activation, init_std=setup.init_std)  # validates the model keys
-    classes = 100 if setup.dataset == "cifar100" else 10
-    if setup.train_images is not None and (setup.train_images <= 0 or setup.train_images % classes):
-        raise ValueError(f"train_images={setup.train_images}: use a positive multiple of the {classes} classes "
-                         "(a class-balanced subset)")
+    check_subset_size("train_images", setup.train_images, 100 if setup.dataset == "cifar100" else 10)
     if setup.dataset not in VECTOR_NAMES:
         raise ValueError(f"dataset must be one of {VECTOR_NAMES}, got {setup.dataset!r}")
     get_loss(setup.loss)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from actid.config import check_keys, pick
-from actid.data.images import VECTOR_NAMES, download_missing, load_vectors, train_subset
+from actid.data.images import VECTOR_NAMES, check_subset_size, download_missing, load_vectors, train_subset
 from actid.losses import get_loss
 from actid.models.grokking_mlp import GrokkingMLP, GrokkingMLPConfig
 from actid.paths import resolve as resolve_path
@@ -72,17 +72,14 @@ def resolve(config: dict) -> dict:
     """Every key a run uses: the dataclass defaults, then :data:`REFERENCE` and the default measures, then
     ``config``."""
     check_keys(config, MnistGrokkingSetup, TrainConfig)
-    setup = pick(MnistGrokkingSetup, config)
-    merged = {**REFERENCE, "measures": default_measures(setup.depth), **config}
+    merged = {**REFERENCE, "measures": default_measures(config.get("depth", MnistGrokkingSetup.depth)), **config}
     setup, train_cfg = pick(MnistGrokkingSetup, merged), pick(TrainConfig, merged)  # validates values
     GrokkingMLPConfig(width=setup.width, depth=setup.depth, init_scale=setup.init_scale, dropout=setup.dropout)
     get_loss(setup.loss)
     if setup.dataset not in VECTOR_NAMES[:2]:
         raise ValueError(f"dataset must be one of {VECTOR_NAMES[:2]}, got {setup.dataset!r}")
-    for key in ("train_images", "val_images"):
-        n = getattr(setup, key)
-        if n is not None and (n <= 0 or n % 10):
-            raise ValueError(f"{key}={n}: use a positive multiple of the 10 classes (a class-balanced subset)")
+    check_subset_size("train_images", setup.train_images, 10)
+    check_subset_size("val_images", setup.val_images, 10)
     if setup.norm_reward < 0:
         raise ValueError(f"norm_reward is δ >= 0 in the loss L - δ Σ w² (0: off), got {setup.norm_reward!r}")
     resolved = {**asdict(setup), **asdict(train_cfg)}
