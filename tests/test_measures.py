@@ -23,10 +23,12 @@ CHEAP = {
     "circuit_complexity": {"layers": ["blocks.1.mlp.fc"], "probe": "small", "every": 2},
     "weight_entropy": {},
     "weight_norm": {},
+    "manifold_geometry": {"probe": "balanced", "layers": ["blocks.1.mlp"], "n_t": 20, "n_reps": 2, "every": 2},
 }
 TINY = {"p": 13, "train_fraction": 0.5, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32,
         "steps": 12, "eval_every": 4, "device": "cpu", "measures": CHEAP,
-        "probes": {"val": {"split": "val"}, "small": {"split": "train", "max_points": 30}}}
+        "probes": {"val": {"split": "val"}, "small": {"split": "train", "max_points": 30},
+                   "balanced": {"split": "train", "per_class": 2}}}
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +61,18 @@ def test_the_loop_writes_every_measure_under_its_own_columns(tracked):
                 + [schema.column("participation_ratio", layer) for layer in task.id_layers]
                 + ["sparsity/blocks.1.mlp", "representation_alignment/blocks.1.mlp", "gradient_alignment/logits",
                    "weight_entropy/total", "weight_norm/total", "circuit_complexity/blocks.1.mlp.fc"]
+                + [f"{k}/blocks.1.mlp" for k in ("capacity", "radius", "dimension", "center_corr")]
                 + [schema.column("gradient_alignment", p) for p in params]
                 + [schema.column("weight_norm", p) for p in params])
     missing = [c for c in expected if c not in df]
     assert not missing
-    every = df.drop(columns=["circuit_complexity/blocks.1.mlp.fc"])
-    assert every.notna().all().all()
+    sparse = ["circuit_complexity/blocks.1.mlp.fc", "capacity/blocks.1.mlp", "radius/blocks.1.mlp",
+              "dimension/blocks.1.mlp", "center_corr/blocks.1.mlp"]
+    assert df.drop(columns=sparse).notna().all().all()
     # every: 2 -> evaluations 0, 2 and the last one (steps 0, 8, 12)
-    assert df.loc[df["circuit_complexity/blocks.1.mlp.fc"].notna(), "step"].tolist() == [0, 8, 12]
+    for column in sparse:
+        assert df.loc[df[column].notna(), "step"].tolist() == [0, 8, 12], column
+    assert (df["capacity/blocks.1.mlp"].dropna() > 0).all() and df["center_corr/blocks.1.mlp"].dropna().between(0, 1).all()
     assert df["sparsity/blocks.1.mlp"].between(0, 1).all()
     assert (df["representation_alignment/blocks.1.mlp"] <= 1).all()
 

@@ -9,6 +9,8 @@ Plain functions (any tensors, any model)::
     weight_entropy(weight)                               Golechha: -sum |w| log |w|
     local_circuit_complexity(model, layer, inputs)       Golechha: KL after zeroing 10% of a layer
     participation_ratio(activations)                     (sum lambda)^2 / sum lambda^2 of the covariance
+    manifold_capacity(manifolds, kappa, n_t, seed)       MFTMA capacity, radius, dimension, center correlation
+    simulated_capacity(manifolds)                        capacity by brute-force separability (the check)
     weight_norms(model)                                  L2 norm per tensor and in total
     relative_gradient_norms(model, inputs, labels, loss_fn)  Mehta et al.: |grad L| / |theta| per tensor
 
@@ -28,12 +30,14 @@ relative_gradient_norm     model        relative_gradient_norm/<param>
 circuit_complexity         model        circuit_complexity/<layer>  (``layers`` required)
 weight_entropy             weights      weight_entropy/<param>, weight_entropy/total
 weight_norm                weights      weight_norm/<param>, weight_norm/total
+manifold_geometry          activations  capacity/<layer>, radius/<layer>, dimension/<layer>, center_corr/<layer>
 =========================  ===========  ================================================
 """
 
 from actid.measures.alignment import GradientAlignment, RepresentationAlignment, alignment, gradient_alignment
 from actid.measures.base import (REGISTRY, Evaluation, LayerMeasure, Measure, Probe, build_measure, build_measures, build_probes,
                                  register, resolve_measures, resolve_probes)
+from actid.measures.geometry import ManifoldGeometry, ManifoldGeometryMeasure, manifold_capacity, simulated_capacity
 from actid.measures.gradient_norm import RelativeGradientNorm, relative_gradient_norms
 from actid.measures.intrinsic import IntrinsicDimension, SkdimEstimator
 from actid.measures.linear import ParticipationRatio, participation_ratio
@@ -41,8 +45,8 @@ from actid.measures.progress import (CircuitComplexity, RelativeSparsity, Sparsi
                                      activation_sparsity, local_circuit_complexity, relative_activation_sparsity,
                                      weight_entropies, weight_entropy, weight_norms)
 
-__all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "LayerMeasure", "Measure",
+__all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "LayerMeasure", "ManifoldGeometry", "ManifoldGeometryMeasure", "Measure",
            "ParticipationRatio", "Probe", "RelativeGradientNorm", "RelativeSparsity", "RepresentationAlignment", "SkdimEstimator", "Sparsity", "WeightEntropy",
            "WeightNorm", "activation_sparsity", "alignment", "build_measure", "build_measures", "build_probes",
-           "gradient_alignment", "local_circuit_complexity", "participation_ratio", "register", "relative_activation_sparsity", "relative_gradient_norms", "resolve_measures",
-           "resolve_probes", "weight_entropies", "weight_entropy", "weight_norms"]
+           "gradient_alignment", "local_circuit_complexity", "manifold_capacity", "participation_ratio", "register", "relative_activation_sparsity", "relative_gradient_norms", "resolve_measures",
+           "resolve_probes", "simulated_capacity", "weight_entropies", "weight_entropy", "weight_norms"]

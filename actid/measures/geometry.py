@@ -1,0 +1,430 @@
+"""Geometry of class manifolds: mean-field manifold capacity, radius and dimension (MFTMA), and simulated capacity.
+
+Replica mean-field theory of manifold classification (Chung, Lee & Sompolinsky, PRX 2018; Cohen et al. 2020) asks
+how many manifolds per neuron a linear readout can separate when each class is a cloud of points (its manifold)
+rather than one point. Stephenson et al. (ICLR 2021) read memorization off these numbers layer by layer. For P
+manifolds of M points each, ``manifold_capacity`` follows the reference analysis (schung039/neural_manifolds_replicaMFT)
+step for step, with an exact batched solver in place of one cvxopt QP per sample:
+
+1. Subtract the global mean of all points. The *center correlation* is the mean |cosine| between pairs of class
+   centers (after subtracting the mean center), measured before step 2.
+2. Remove the centers' common low-rank structure: for K = 1, 2, ... find the K-dimensional subspace V (a point on the
+   Stiefel manifold, Riemannian gradient descent here) that minimises the summed squared cosines of the residual
+   centers; keep the K whose residual centers have the smallest mean |cosine| (K is at most P - 2, so residuals
+   stay nonzero); project every point onto V's orthogonal complement. ``center_subspace=False`` skips this step.
+3. Per manifold: subtract its mean and divide by that mean's norm; express the points in D = min(N, M)
+   coordinates (an orthonormal basis of their span, as the reference's QR does) and append a constant coordinate 1:
+   points s_j in R^(D+1).
+4. Per manifold and per Gaussian sample t ~ N(0, I_{D+1}) (``n_t`` of them, fixed by ``seed``): the anchor point
+   s~(t) is found from the QP  v* = argmin |v - t|^2  s.t.  s_j . v <= -kappa;  s~ = (t - v*) / (t - v*)_last, a
+   convex combination of the points (the max-projection point when no constraint binds). Its dual is a non-negative
+   least-squares problem, ``min_{a>=0} |S a - (t + kappa e_last)|`` (S = [s_1 ... s_M]), solved for all t and
+   all manifolds at once by :func:`actid.nnls.batched_nnls` to a KKT residual of 1e-10.
+5. capacity  1/alpha_M = < [t . s~ + kappa]_+^2 / |s~|^2 >_t,
+   radius    R_M = sqrt < |s~_perp - <s~_perp>|^2 >_t  (perp: the first D coordinates; center norm 1),
+   dimension D_M = D < cos(t_perp, s~_perp) >_t^2   (the square of the mean cosine, as in the reference).
+   Across manifolds, capacity is the harmonic mean and radius and dimension the arithmetic means.
+
+Layers with N <= M (fewer features than points per class, e.g. 10 logits and 50 examples): the reference assumes
+M < N. Here D = min(N, M) as in the reference (the points span at most N dimensions, and the sampled t live there);
+the QP then has more constraints than dimensions, its dual multipliers are not unique, but the anchor point is
+(it is determined by v*): those duals are solved by Lawson-Hanson, which is exact on rank-deficient problems.
+For wide layers the reference first projects onto 5000 random directions; this implementation works with Gram
+matrices (cost linear in N) and needs no projection.
+
+``simulated_capacity`` is the independent check: the smallest number of random projections at which randomly
+labelled manifolds become linearly separable, found by bisection per trial; capacity = P / its median.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from actid import schema
+from actid.measures.base import Evaluation, Measure, as_real_tensor, register
+from actid.nnls import NNLSInfo, batched_nnls
+
+INTERIOR = 1e-8
+"""|t - v*| below this counts as "no constraint binds" (the reference's eps): the anchor is the max-projection point."""
+
+
+@dataclass(frozen=True)
+class ManifoldGeometry:
+    """The MFTMA summary of a set of manifolds (see the module docstring for the definitions)."""
+
+    capacity: float  # harmonic mean of the per-manifold capacities
+    radius: float  # arithmetic mean
+    dimension: float  # arithmetic mean
+    center_correlation: float  # mean |cos| between centers, before the center subspace is removed
+    K: int  # dimension of the removed common center subspace (0: none)
+    capacities: torch.Tensor  # (P,) per manifold
+    radii: torch.Tensor
+    dimensions: torch.Tensor
+    solver: NNLSInfo  # how the anchor QPs were solved
+
+
+def _as_manifolds(manifolds) -> list[torch.Tensor]:
+    if isinstance(manifolds, (torch.Tensor, np.ndarray)) and manifolds.ndim == 3:
+        manifolds = list(manifolds)
+    if not isinstance(manifolds, Sequence) or len(manifolds) < 2:
+        raise ValueError("manifolds must be a list of at least 2 (M_i x N) arrays, one per class")
+    out = [as_real_tensor(x, f"manifolds[{i}]") for i, x in enumerate(manifolds)]
+    for i, x in enumerate(out):
+        if x.ndim != 2 or len(x) < 1:
+            raise ValueError(f"manifolds[{i}] must be a non-empty (M_i x N) array of points, got shape {tuple(x.shape)}")
+        if x.shape[1] != out[0].shape[1]:
+            raise ValueError(f"manifolds[{i}] has {x.shape[1]} features but manifolds[0] has {out[0].shape[1]}; "
+                             "every manifold must live in the same space")
+    return out
+
+
+def center_correlation(centers: torch.Tensor) -> float:
+    """Mean |cosine| over pairs of distinct rows of ``centers`` (already centred on their mean)."""
+    unit = centers / centers.norm(dim=1, keepdim=True).clamp_min(torch.finfo(centers.dtype).tiny)
+    P = len(centers)
+    return float(((unit @ unit.T).abs().sum() - P) / (P * (P - 1)))
+
+
+def _residual_cost(X, C, V):
+    """Summed squared cosines between the residual centers ``X - X V V^T`` (batched over V: (R, r, K)) and the
+    Euclidean gradient in V. ``C = X X^T``. The residual Gram is E = C - c c^T with c = X V;
+    F = 1/2 sum E^2 / (e e^T), e = diag E, and dF/dV = -2 X^T H c with H = W - diag(sum_nu E W / e), W = E / (e e^T)."""
+    c = X @ V  # (R, P, K)
+    E = C - c @ c.mT
+    e = torch.diagonal(E, dim1=1, dim2=2)
+    W = E / (e.unsqueeze(-1) * e.unsqueeze(-2))
+    EW = E * W
+    Hc = W @ c - (EW.sum(-1) / e).unsqueeze(-1) * c
+    return EW.sum((1, 2)) / 2, -2 * X.T @ Hc
+
+
+def _retract(Z):
+    """The QR retraction onto orthonormal frames, signs fixed so that Z ~ V stays close to V (a Householder QR may
+    flip columns, which would wreck the Barzilai-Borwein step)."""
+    Q, R = torch.linalg.qr(Z)
+    sign = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
+    return Q * torch.where(sign == 0, 1, sign).unsqueeze(-2)
+
+
+def _fit_subspace(X, V, gtol=1e-6, max_iter=300, memory=5):
+    """Minimise ``_residual_cost`` over orthonormal V (R restarts at once): Riemannian L-BFGS on the Stiefel manifold
+    (QR retraction, vectors carried to the new point by tangent projection, Armijo backtracking from the unit step).
+
+    A restart stops when its Riemannian gradient norm is at most ``gtol`` (pymanopt's default), when no decrease
+    above the cost's round-off is left, or after ``max_iter`` iterations. L-BFGS, not steepest descent: the centers
+    of real data make the problem ill-conditioned, where gradient steps need thousands of iterations. Restarts that
+    converge take under 200 iterations; the rest crawl, and running them to pymanopt's cap of 1000 instead of 300
+    changed no capacity, radius or dimension in the 6th digit on the cases we measured (random points, correlated
+    centers, MNIST digits), at 2-3x the time."""
+    C = X @ X.T
+    tangent = lambda V, Z: Z - V @ (V.mT @ Z)  # noqa: E731  (V^T grad is symmetric for this cost)
+    dot = lambda a, b: (a * b).sum((-2, -1))  # noqa: E731
+    cost, grad = _residual_cost(X, C, V)
+    xi = tangent(V, grad)
+    S, Y = [], []  # memory of steps and gradient changes, batched over restarts
+    active = xi.norm(dim=(1, 2)) > gtol
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        q, alphas = xi.clone(), []
+        for s, y in reversed(list(zip(S, Y))):  # two-loop recursion; empty pairs (zeros) contribute nothing
+            sy = dot(s, y)
+            rho = torch.where(sy > 0, 1 / sy.clamp_min(1e-300), 0)
+            a = rho * dot(s, q)
+            q = q - a[:, None, None] * y
+            alphas.append((rho, a))
+        yy = dot(Y[-1], Y[-1]) if S else torch.zeros_like(cost)
+        scale = torch.where(yy > 0, dot(S[-1], Y[-1]) / yy.clamp_min(1e-300) if S else 0,
+                            1 / q.norm(dim=(1, 2)).clamp_min(1e-300))  # no memory yet: a unit-length first step
+        q = q * scale[:, None, None]
+        for (s, y), (rho, a) in zip(zip(S, Y), reversed(alphas)):
+            b = rho * dot(y, q)
+            q = q + (a - b)[:, None, None] * s
+        direction = -tangent(V, q)
+        slope = dot(xi, direction)
+        uphill = slope >= 0  # a stale memory: fall back to the gradient
+        direction = torch.where(uphill[:, None, None], -xi, direction)
+        slope = torch.where(uphill, -dot(xi, xi), slope)
+        step = torch.ones_like(cost)
+        while True:  # backtracking; restarts already accepted keep their candidate
+            V_new = _retract(V + step[:, None, None] * direction)
+            cost_new, grad_new = _residual_cost(X, C, V_new)
+            ok = cost_new <= cost + 1e-4 * step * slope
+            # a decrease below the cost's round-off cannot be certified: that restart has converged
+            searching = active & ~ok & (-step * slope > 1e-15 * cost.abs())
+            if not bool(searching.any()):
+                break
+            step = torch.where(searching, step / 2, step)
+        move = (active & ok)[:, None, None]
+        xi_new = tangent(V_new, grad_new)
+        s, y = tangent(V_new, V_new - V), xi_new - tangent(V_new, xi)
+        S = [tangent(V_new, t) for t in S[-memory + 1:]] + [torch.where(move, s, 0)]
+        Y = [tangent(V_new, t) for t in Y[-memory + 1:]] + [torch.where(move, y, 0)]
+        curved = dot(S[-1], Y[-1]) > 0
+        if not bool(curved[active & ok].all()):  # no curvature information: restart the memory of those restarts
+            keep = curved[:, None, None]
+            S, Y = [torch.where(keep, t, 0) for t in S], [torch.where(keep, t, 0) for t in Y]
+        V = torch.where(move, V_new, V)
+        xi = torch.where(move, xi_new, xi)
+        cost = torch.where(move[:, 0, 0], cost_new, cost)
+        gnorm = xi.norm(dim=(1, 2))
+        active = move[:, 0, 0] & (gnorm > gtol) & (step * direction.norm(dim=(1, 2)) > 1e-12)
+    return V
+
+
+def common_center_subspace(centers: torch.Tensor, n_reps: int = 10, seed: int = 0) -> tuple[torch.Tensor, int, list[float]]:
+    """The common subspace of the (mean-removed) class centers, as the reference's ``fun_FA``: an (N, K) orthonormal
+    basis, K, and the mean residual |cosine| for each K tried.
+
+    For K = 1, 2, ...: ``n_reps`` restarts, each the previous K's subspace plus a random combination of the centers,
+    optimised on the Stiefel manifold; the restart whose smallest residual-to-center norm ratio is largest is kept.
+    The search stops after the mean |cosine| has risen 3 times in a row, and at K = P - 2."""
+    P = len(centers)
+    gen = torch.Generator().manual_seed(seed)
+    lam, U = torch.linalg.eigh(centers @ centers.T)  # coordinates of the centers in their own span
+    keep = lam > lam.max() * 1e-12
+    lam, U = lam[keep], U[:, keep]
+    X = U * lam.sqrt()  # (P, r): X X^T = centers centers^T
+    basis = centers.T @ (U / lam.sqrt())  # (N, r) orthonormal
+    explained = torch.cumsum(lam.flip(0) / lam.sum(), 0)
+    n_below = int((explained < 0.95).sum())
+    max_K = min(max(n_below - 1, 0) + 11, P - 2, X.shape[1] - 1)
+    norms = X.norm(dim=1)
+    V_prev = X.new_zeros(X.shape[1], 0)
+    kept, costs = [], []
+    for K in range(1, max_K + 1):
+        s = torch.randn(n_reps, P, generator=gen, dtype=torch.float64).to(X)
+        V0 = torch.cat([(s @ X).unsqueeze(-1), V_prev.expand(n_reps, -1, -1)], dim=2)
+        V = _fit_subspace(X, _retract(V0))
+        residual = X - (X @ V) @ V.mT  # (R, P, r)
+        stability = (residual.norm(dim=2) / norms).amin(1)
+        V_prev = V[int(torch.argmax(stability))]
+        kept.append(V_prev)
+        costs.append(center_correlation(X - X @ V_prev @ V_prev.T))
+        if K > 4 and costs[-1] > costs[-2] > costs[-3] > costs[-4]:
+            break
+    if not costs:
+        return centers.new_zeros(centers.shape[1], 0), 0, []
+    best = int(np.argmin(costs))
+    return basis @ kept[best], best + 1, costs
+
+
+def anchor_points(S: torch.Tensor, T: torch.Tensor, kappa: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, NNLSInfo]:
+    """Anchor points s~(t) of manifolds S (P, D+1, M; last row ones) for samples T (P, n_t, D+1): (P, n_t, D+1),
+    with the QP's multipliers (P, n_t, M) (zero for samples where no constraint binds) and the solver's report.
+
+    v* = argmin |v - t|^2 s.t. s_j . v <= -kappa has the dual min_{a>=0} |S a - (t + kappa e_last)|^2 (expand the
+    Lagrangian; the last coordinate of every s_j is 1), v* = t - S a and s~ = S a / sum(a)."""
+    D = S.shape[1] - 1
+    Y = T.clone()
+    Y[..., -1] += kappa
+    alpha, info = batched_nnls(S, Y)
+    pushed = alpha @ S.mT  # t - v*, (P, n_t, D+1); its last coordinate is sum(a)
+    anchors = pushed / pushed[..., -1:].clamp_min(torch.finfo(S.dtype).tiny)
+    interior = pushed.norm(dim=-1) < INTERIOR
+    if bool(interior.any()):  # no constraint binds: the point of largest projection on t (its last coordinate is 1)
+        best = torch.argmax(T[..., :D] @ S[:, :D], dim=-1)  # (P, n_t)
+        maxproj = torch.gather(S.mT, 1, best.unsqueeze(-1).expand(-1, -1, D + 1))
+        anchors = torch.where(interior.unsqueeze(-1), maxproj, anchors)
+        alpha = torch.where(interior.unsqueeze(-1), 0, alpha)
+    return anchors, alpha, info
+
+
+def _geometry(S: torch.Tensor, T: torch.Tensor, kappa: float):
+    """Per-manifold capacity, radius and dimension from points S (P, D+1, M) and samples T (P, n_t, D+1)."""
+    D = S.shape[1] - 1
+    anchors, _, info = anchor_points(S, T, kappa)
+    margin = ((T * anchors).sum(-1) + kappa).clamp_min(0)
+    sq = anchors.square().sum(-1)
+    inv_capacity = torch.where(sq > 0, margin.square() / sq.clamp_min(torch.finfo(S.dtype).tiny), 0).mean(1)
+    capacity = 1 / inv_capacity
+    perp = anchors[..., :D]
+    spread = perp - perp.mean(1, keepdim=True)
+    radius = spread.square().sum(-1).mean(1).sqrt()
+    t_perp = T[..., :D]
+    cos = (t_perp * perp).sum(-1) / (t_perp.norm(dim=-1) * (perp.square().sum(-1) + 1e-12).sqrt())
+    dimension = D * cos.mean(1).square()
+    return capacity, radius, dimension, info
+
+
+@dataclass(frozen=True)
+class PreparedManifolds:
+    """Steps 1-3 of the analysis: the points s_j of each manifold and its Gaussian samples, grouped by manifold
+    size. ``groups``: (indices of the manifolds, S (p, D+1, M), T (p, n_t, D+1))."""
+
+    groups: list[tuple[list[int], torch.Tensor, torch.Tensor]]
+    center_correlation: float
+    K: int
+
+
+def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspace: bool = True, n_reps: int = 10,
+                      device=None) -> PreparedManifolds:
+    """Global mean removal, center correlation, center-subspace removal, per-manifold normalisation and the
+    (D+1)-dimensional points, with ``n_t`` Gaussian samples per manifold drawn from ``seed``."""
+    X = _as_manifolds(manifolds)
+    if not isinstance(n_t, int) or n_t < 1:
+        raise ValueError(f"n_t must be a positive integer, got {n_t!r}")
+    device = torch.device(device) if device is not None else X[0].device
+    P, N = len(X), X[0].shape[1]
+    # Only the centers see the global mean and the center subspace V directly: a manifold's centred points are
+    # (x - mean) (I - V V^T) whatever the origin, so each manifold is centred once and V enters its Gram matrix.
+    stacked = torch.as_tensor(manifolds) if isinstance(manifolds, (torch.Tensor, np.ndarray)) else None
+    means = torch.stack([x.to(device=device, dtype=torch.float64).mean(0) for x in X])
+    bad = torch.nonzero(~torch.isfinite(means).all(1)).flatten().tolist()  # a NaN or inf entry spoils the mean
+    if bad:
+        raise ValueError(f"manifolds {bad} have NaN or infinite entries")
+    sizes = torch.tensor([len(x) for x in X], dtype=torch.float64, device=device)
+    centers = means - (sizes @ means) / sizes.sum()  # minus the global mean of all points
+    rho = center_correlation(centers - centers.mean(0))
+    K = 0
+    V = centers.new_zeros(N, 0)
+    if center_subspace and P >= 3:
+        V, K, _ = common_center_subspace(centers - centers.mean(0), n_reps=n_reps, seed=seed)
+    centers = centers - (centers @ V) @ V.T
+    gen = torch.Generator().manual_seed(seed)
+    groups = []
+    for M in sorted({len(x) for x in X}):  # manifolds of equal size are solved together
+        idx = [i for i, x in enumerate(X) if len(x) == M]
+        pts = stacked.to(device) if stacked is not None else torch.stack([X[i].to(device) for i in idx])  # (p, M, N)
+        pts = pts.to(torch.float64) - means[idx].unsqueeze(1)
+        norm = centers[idx].norm(dim=-1)
+        degenerate = norm <= torch.finfo(torch.float64).eps * means[idx].norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny) * 1e3
+        if bool(degenerate.any()):
+            bad = [idx[j] for j in torch.nonzero(degenerate).flatten().tolist()]
+            raise ValueError(f"manifolds {bad}: the center coincides with the global mean (or lies in the removed "
+                             "center subspace), so capacity is undefined; check for duplicated or constant classes")
+        D = min(N, M)
+        if N > M:  # an orthonormal basis of the points' span, as the reference's QR: coordinates from the Gram
+            along = pts @ V  # (p, M, K)
+            gram = (pts @ pts.mT - along @ along.mT) / norm.square()[:, None, None]
+            lam, U = torch.linalg.eigh(gram)
+            coords = (U * lam.clamp_min(0).sqrt().unsqueeze(1)).mT  # (p, M, M), coords^T coords = Gram
+        else:
+            coords = ((pts - (pts @ V) @ V.T) / norm[:, None, None]).mT  # (p, N, M)
+        S = torch.cat([coords, torch.ones_like(coords[:, :1])], dim=1)
+        T = torch.randn(len(idx), n_t, D + 1, generator=gen, dtype=torch.float64).to(device)
+        groups.append((idx, S, T))
+    return PreparedManifolds(groups, rho, K)
+
+
+def manifold_capacity(manifolds, kappa: float = 0.0, n_t: int = 200, seed: int = 0, *, center_subspace: bool = True,
+                      n_reps: int = 10, device=None) -> ManifoldGeometry:
+    """MFTMA capacity, radius, dimension, center correlation and K of class manifolds.
+
+    ``manifolds``: a list of (M_i x N) arrays (one per class; rows are points, e.g. flattened activations), or a
+    (P, M, N) array. ``kappa``: the margin. ``n_t``: Gaussian samples per manifold, drawn from ``seed`` (the same
+    samples for the same shapes, so curves over training are smooth). ``center_subspace``: remove the centers'
+    common subspace first (``n_reps`` restarts per K). ``device``: where to compute (default: the first
+    manifold's). Everything runs in float64."""
+    if not np.isfinite(kappa):
+        raise ValueError(f"kappa must be finite, got {kappa!r}")
+    prepared = prepare_manifolds(manifolds, n_t, seed, center_subspace=center_subspace, n_reps=n_reps, device=device)
+    results, infos = {}, []
+    for idx, S, T in prepared.groups:
+        cap, rad, dim, info = _geometry(S, T, float(kappa))
+        infos.append(info)
+        results.update({i: (cap[j], rad[j], dim[j]) for j, i in enumerate(idx)})
+    caps, radii, dims = (torch.stack(v).cpu() for v in zip(*(results[i] for i in sorted(results))))
+    info = NNLSInfo(max(i.outer_iterations for i in infos), sum(i.cg_steps for i in infos),
+                    sum(i.lawson_hanson for i in infos), max(i.kkt_residual for i in infos))
+    return ManifoldGeometry(capacity=float(1 / (1 / caps).mean()), radius=float(radii.mean()),
+                            dimension=float(dims.mean()), center_correlation=prepared.center_correlation,
+                            K=prepared.K, capacities=caps, radii=radii, dimensions=dims, solver=info)
+
+
+def _separable(points: np.ndarray, signs: np.ndarray) -> bool:
+    """Whether some w separates the points through the origin (sign_i w . x_i > 0 for all i): the largest margin t
+    with |w|_inf <= 1 is positive. Rows are scaled to unit norm first (it does not change separability and keeps
+    the LP well-conditioned)."""
+    from scipy.optimize import linprog
+
+    rows = signs[:, None] * points / np.linalg.norm(points, axis=1, keepdims=True).clip(1e-300)
+    n = points.shape[1]
+    cost = np.zeros(n + 1)
+    cost[-1] = -1.0  # maximise t
+    result = linprog(cost, A_ub=np.hstack([-rows, np.ones((len(rows), 1))]), b_ub=np.zeros(len(rows)),
+                     bounds=[(-1, 1)] * n + [(None, 1)], method="highs")
+    if result.status != 0:
+        raise RuntimeError(f"separability LP failed: {result.message}")
+    return -result.fun > 1e-9
+
+
+def simulated_capacity(manifolds, n_trials: int = 40, seed: int = 0) -> float:
+    """Capacity measured by brute force, the check on the mean-field value (margin 0): P / n_c.
+
+    Per trial: random labels +-1 for the P manifolds (after the global mean is removed, as in
+    :func:`manifold_capacity`) and a random Gaussian projection R^N -> R^n; separability only grows with n (the
+    projections are nested: the first n rows of one matrix), so bisection finds the smallest separable n. n_c is the
+    median over trials: the dimension at which half of the random dichotomies are separable."""
+    X = [x.double().cpu().numpy() for x in _as_manifolds(manifolds)]
+    origin = np.concatenate(X).mean(0)
+    X = [x - origin for x in X]
+    P, N = len(X), X[0].shape[1]
+    points = np.concatenate(X)
+    owner = np.repeat(np.arange(P), [len(x) for x in X])
+    rng = np.random.default_rng(seed)
+    smallest = []
+    for _ in range(n_trials):
+        signs = rng.choice([-1.0, 1.0], size=P)[owner]
+        projected = points @ rng.standard_normal((N, N))
+        if not _separable(projected, signs):
+            raise ValueError(f"a random dichotomy of these manifolds is not linearly separable even in all N = {N} "
+                             "dimensions: the capacity is below P / N; use fewer manifolds or more features")
+        lo, hi = 0, N  # lo: not separable (n = 0), hi: separable
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if _separable(projected[:, :mid], signs) else (mid, hi)
+        smallest.append(hi)
+    return P / float(np.median(smallest))
+
+
+@register
+@dataclass(kw_only=True)
+class ManifoldGeometryMeasure(Measure):
+    """MFTMA geometry of each layer's class manifolds on the probe: ``capacity/<layer>``, ``radius/<layer>``,
+    ``dimension/<layer>``, ``center_corr/<layer>`` (prefixed ``<name>.`` when the measure is given a name of
+    its own, so several probes can be measured side by side).
+
+    Every class of the probe is one manifold, so give it a class-balanced probe (``per_class: 50``, say). The
+    Gaussian samples are fixed by ``seed`` (the same at every evaluation). It costs about a second per layer on a
+    CPU for 10 classes x 50 points, more for many classes (the center-subspace search grows with P): run it every
+    few evaluations (``every``, default 5; the first and last evaluations always run)."""
+
+    kind = "manifold_geometry"
+    needs = "activations"
+    every: int = 5
+    kappa: float = 0.0
+    n_t: int = 200
+    n_reps: int = 10
+    center_subspace: bool = True
+    seed: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.n_t, int) or self.n_t < 1:
+            raise ValueError(f"measure {self.name!r}: n_t must be a positive integer, got {self.n_t!r}")
+        if not isinstance(self.n_reps, int) or self.n_reps < 1:
+            raise ValueError(f"measure {self.name!r}: n_reps must be a positive integer, got {self.n_reps!r}")
+
+    def __call__(self, ev: Evaluation) -> dict[str, float]:
+        acts, labels = ev.activations[self.probe], ev.probes[self.probe][1]
+        prefix = "" if self.name == self.kind else f"{self.name}."
+        out = {}
+        for layer in self.layer_names(ev.id_layers):
+            x = acts[layer].reshape(len(labels), -1)
+            classes = labels.unique()
+            if len(classes) < 2:
+                raise ValueError(f"measure {self.name!r}: probe {self.probe!r} has {len(classes)} class(es); "
+                                 "manifold geometry needs at least 2")
+            geometry = manifold_capacity([x[labels == c] for c in classes], kappa=self.kappa, n_t=self.n_t,
+                                         seed=self.seed or 0, center_subspace=self.center_subspace,
+                                         n_reps=self.n_reps)
+            out[schema.column(f"{prefix}capacity", layer)] = geometry.capacity
+            out[schema.column(f"{prefix}radius", layer)] = geometry.radius
+            out[schema.column(f"{prefix}dimension", layer)] = geometry.dimension
+            out[schema.column(f"{prefix}center_corr", layer)] = geometry.center_correlation
+        return out

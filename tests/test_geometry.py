@@ -1,0 +1,194 @@
+"""Manifold geometry (MFTMA): the exact batched anchor solver against cvxopt (the reference's QP solver) and
+Lawson-Hanson, the reference numbers on random manifolds, Cover's capacity of points, mean-field against simulated
+capacity, layers with fewer features than points, the center subspace, and the measure in a training loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from actid.measures.geometry import (ManifoldGeometryMeasure, _residual_cost, anchor_points, center_correlation,
+                                     common_center_subspace, manifold_capacity, simulated_capacity)
+from actid.nnls import batched_nnls, kkt_residual
+
+
+
+def cvxopt_anchor(S: np.ndarray, t: np.ndarray, kappa: float):
+    """The reference's way: v* = argmin 1/2 |v|^2 - t.v s.t. S^T v <= -kappa (cvxopt), anchor (t - v*) / sum(z),
+    or the max-projection point when |v* - t| < 1e-8. Returns the anchor and the multipliers z."""
+    pytest.importorskip("cvxopt")  # a test dependency (pip install -e ".[dev]")
+    from cvxopt import matrix, solvers
+    solvers.options.update(show_progress=False, abstol=1e-12, reltol=1e-12, feastol=1e-12, maxiters=1000)
+    D1, M = S.shape
+    out = solvers.qp(matrix(np.eye(D1)), matrix(-t.reshape(-1, 1)), matrix(S.T.copy()), matrix(-kappa * np.ones(M)))
+    v, z = np.array(out["x"])[:, 0], np.array(out["z"])[:, 0]
+    if np.linalg.norm(v - t) < 1e-8:
+        return S[:, np.argmax(t[:-1] @ S[:-1])], np.zeros(M)
+    return (t - v) / z.sum(), z
+
+
+def random_problem(rng, rank_deficient=False):
+    D = int(rng.integers(2, 12))
+    M = int(rng.integers(D + 2, 3 * D + 3)) if rank_deficient else int(rng.integers(1, D + 2))
+    S = np.vstack([rng.standard_normal((D, M)) * rng.uniform(0.3, 3), np.ones((1, M))])
+    return S, rng.standard_normal(D + 1), float(rng.choice([0.0, 0.3]))
+
+
+def test_anchor_points_and_active_sets_equal_cvxopts_on_150_random_problems():
+    rng = np.random.default_rng(0)
+    binding = 0
+    for _ in range(150):
+        S, t, kappa = random_problem(rng)
+        anchor, alpha, _ = anchor_points(torch.from_numpy(S)[None], torch.from_numpy(t)[None, None], kappa)
+        ref_anchor, z = cvxopt_anchor(S, t, kappa)
+        np.testing.assert_allclose(anchor[0, 0].numpy(), ref_anchor, atol=1e-6)
+        ours = set(np.flatnonzero(alpha[0, 0].numpy() > 1e-6))
+        assert ours == set(np.flatnonzero(z > 1e-6))
+        binding += len(ours) > 0
+    assert binding > 100  # most problems have binding constraints: the comparison is not about the easy case
+
+
+def test_rank_deficient_problems_n_le_m_give_cvxopts_anchor():
+    """More points than dimensions (a narrow layer): multipliers are not unique, the anchor is."""
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        S, t, kappa = random_problem(rng, rank_deficient=True)
+        anchor, _, info = anchor_points(torch.from_numpy(S)[None], torch.from_numpy(t)[None, None], kappa)
+        np.testing.assert_allclose(anchor[0, 0].numpy(), cvxopt_anchor(S, t, kappa)[0], atol=1e-6)
+
+
+def test_batched_nnls_equals_lawson_hanson_including_ill_conditioned_batches():
+    from scipy.optimize import nnls
+    g = torch.Generator().manual_seed(0)
+    for cond in (1.0, 1e4):
+        P, M, n = 6, 20, 40
+        U = torch.linalg.qr(torch.randn(P, M + 1, M + 1, generator=g, dtype=torch.float64)).Q
+        W = torch.linalg.qr(torch.randn(P, M, M, generator=g, dtype=torch.float64)).Q
+        sv = torch.logspace(0, -np.log10(cond), M, dtype=torch.float64)
+        S = U[:, :, :M] @ torch.diag_embed(sv) @ W
+        Y = torch.randn(P, n, M + 1, generator=g, dtype=torch.float64)
+        A, info = batched_nnls(S, Y)
+        assert info.kkt_residual <= 1e-9 and float(kkt_residual(S.mT @ S, Y @ S, A).max()) <= 1e-9
+        for p in range(P):
+            for i in range(0, n, 7):
+                ref, _ = nnls(S[p].numpy(), Y[p, i].numpy())
+                np.testing.assert_allclose((S[p] @ A[p, i]).numpy(), S[p].numpy() @ ref, atol=1e-8)
+
+
+def test_batched_nnls_refuses_bad_shapes_and_float32():
+    with pytest.raises(ValueError, match=r"S must be \(P, D, M\)"):
+        batched_nnls(torch.zeros(2, 3, 4, dtype=torch.float64), torch.zeros(2, 5, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="float64"):
+        batched_nnls(torch.zeros(2, 3, 4), torch.zeros(2, 5, 3))
+
+
+def test_reference_numbers_on_100_gaussian_manifolds():
+    """The reference README: 100 manifolds of 50 N(0,1) points in N = 5000, kappa 0, n_t 200 -> capacity 0.04,
+    radius 1.48, dimension 36.17, center correlation 0.00 (its formula gives ~0.014), K = 1."""
+    results = []
+    for seed in range(3):
+        X = torch.randn(100, 50, 5000, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        results.append(manifold_capacity(X, kappa=0.0, n_t=200, seed=seed))
+    radius = np.mean([r.radius for r in results])
+    dimension = np.mean([r.dimension for r in results])
+    capacity = np.mean([r.capacity for r in results])
+    assert abs(radius / 1.48 - 1) < 0.05 and abs(dimension / 36.17 - 1) < 0.05
+    assert 0.038 <= capacity <= 0.042
+    assert all(r.K == 1 for r in results) and all(abs(r.center_correlation) < 0.02 for r in results)
+
+
+def test_isolated_points_have_covers_capacity_two():
+    X = torch.randn(60, 1, 100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = manifold_capacity(X, n_t=2000, n_reps=2)
+    assert abs(result.capacity / 2 - 1) < 0.05
+    assert torch.allclose(result.radii, torch.zeros(60, dtype=torch.float64))
+
+
+def segments(P, N, R, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.nn.functional.normalize(torch.randn(P, N, generator=g, dtype=torch.float64), dim=1)
+    u = torch.nn.functional.normalize(torch.randn(P, N, generator=g, dtype=torch.float64), dim=1)
+    return torch.stack([c + R * u, c - R * u], 1)
+
+
+def clouds(P, M, N, R, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.nn.functional.normalize(torch.randn(P, N, generator=g, dtype=torch.float64), dim=1)
+    return c.unsqueeze(1) + R * torch.randn(P, M, N, generator=g, dtype=torch.float64) / N**0.5
+
+
+@pytest.mark.parametrize("name, X", [("segments", segments(40, 200, 1.0, 0)), ("clouds", clouds(40, 10, 200, 0.5, 2))])
+def test_mean_field_capacity_matches_simulated_capacity(name, X):
+    mean_field = manifold_capacity(X, n_t=1000).capacity
+    simulated = simulated_capacity(X, n_trials=25)
+    assert abs(mean_field / simulated - 1) < 0.10, (name, mean_field, simulated)
+
+
+def test_simulated_capacity_of_points_is_two_and_refuses_inseparable_data():
+    assert abs(simulated_capacity(torch.randn(40, 1, 120, dtype=torch.float64), n_trials=15) / 2 - 1) < 0.1
+    with pytest.raises(ValueError, match="not linearly separable even in all N = 3"):
+        simulated_capacity(torch.randn(20, 5, 3, dtype=torch.float64), n_trials=1)
+
+
+def test_narrow_layer_with_fewer_features_than_points():
+    """10 classes of 50 points in 10 features (a logits layer): D = N, anchors exact (Lawson-Hanson), numbers finite."""
+    g = torch.Generator().manual_seed(0)
+    centers = 3 * torch.randn(10, 1, 10, generator=g, dtype=torch.float64)
+    result = manifold_capacity(centers + torch.randn(10, 50, 10, generator=g, dtype=torch.float64), n_reps=2)
+    assert result.solver.lawson_hanson > 0 and result.solver.kkt_residual <= 1e-9
+    assert torch.isfinite(result.capacities).all() and (result.capacities > 0).all()
+    assert (result.dimensions <= 10).all() and np.isfinite(result.radius)
+
+
+def test_fixed_seed_gives_identical_numbers_and_another_seed_other_samples():
+    X = clouds(8, 12, 40, 1.0, 0)
+    a, b, c = (manifold_capacity(X, n_t=100, seed=s, n_reps=2) for s in (0, 0, 1))
+    assert (a.capacity, a.radius, a.dimension) == (b.capacity, b.radius, b.dimension)
+    assert a.capacity != c.capacity
+
+
+def test_unequal_manifold_sizes_are_solved_group_by_group():
+    X = clouds(6, 12, 40, 1.0, 0)
+    ragged = [x[: 6 + i] for i, x in enumerate(X)]
+    result = manifold_capacity(ragged, n_t=100, n_reps=2)
+    assert result.capacities.shape == (6,) and torch.isfinite(result.capacities).all()
+
+
+def test_bad_input_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="at least 2"):
+        manifold_capacity([torch.randn(5, 3)])
+    with pytest.raises(ValueError, match="manifolds\\[1\\] has 4 features"):
+        manifold_capacity([torch.randn(5, 3), torch.randn(5, 4)])
+    with pytest.raises(ValueError, match=r"manifolds \[1\] have NaN or infinite entries"):
+        manifold_capacity([torch.randn(5, 3), torch.full((5, 3), float("nan"))])
+    with pytest.raises(ValueError, match="n_t must be a positive integer"):
+        manifold_capacity([torch.randn(5, 3), torch.randn(5, 3)], n_t=0)
+    same = torch.randn(5, 8)
+    with pytest.raises(ValueError, match="center coincides with the global mean"):
+        manifold_capacity([same, same.clone()], center_subspace=False)
+
+
+def test_common_center_subspace_finds_a_planted_shared_direction():
+    g = torch.Generator().manual_seed(0)
+    shared = torch.nn.functional.normalize(torch.randn(300, generator=g, dtype=torch.float64), dim=0)
+    centers = torch.randn(30, 300, generator=g, dtype=torch.float64) + 100 * torch.randn(30, 1, generator=g, dtype=torch.float64) * shared
+    centers = centers - centers.mean(0)
+    assert center_correlation(centers) > 0.7  # the shared direction dominates the centers' cosines
+    V, K, costs = common_center_subspace(centers, n_reps=3)
+    assert K == 1 and float((V.T @ shared).norm()) > 0.99
+    assert costs[0] == min(costs) and costs[0] < 0.1  # what is left is as uncorrelated as random vectors
+
+
+def test_residual_cost_gradient_equals_autograd():
+    X = torch.randn(12, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for K in (1, 3):
+        V = torch.linalg.qr(torch.randn(2, 11, K, dtype=torch.float64)).Q.requires_grad_()
+        cost, grad = _residual_cost(X, X @ X.T, V)
+        auto, = torch.autograd.grad(cost.sum(), V)
+        torch.testing.assert_close(grad, auto)
+
+
+def test_measure_refuses_bad_parameters():
+    with pytest.raises(ValueError, match="n_t must be a positive integer"):
+        ManifoldGeometryMeasure(n_t=0)
+    with pytest.raises(ValueError, match="n_reps"):
+        ManifoldGeometryMeasure(n_reps=0)
