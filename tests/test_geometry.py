@@ -125,8 +125,11 @@ def test_mean_field_capacity_matches_simulated_capacity(name, X):
 
 def test_simulated_capacity_of_points_is_two_and_refuses_inseparable_data():
     assert abs(simulated_capacity(torch.randn(40, 1, 120, dtype=torch.float64), n_trials=15) / 2 - 1) < 0.1
-    with pytest.raises(ValueError, match="not linearly separable even in all N = 3"):
-        simulated_capacity(torch.randn(20, 5, 3, dtype=torch.float64), n_trials=1)
+    with pytest.raises(ValueError, match="not linearly separable even in all 3 dimensions"):
+        simulated_capacity(torch.randn(20, 5, 3, dtype=torch.float64), n_trials=3)
+    # few manifolds: a dichotomy with one label for all is never drawn (it is never separable about the global mean)
+    assert simulated_capacity(torch.randn(4, 5, 200, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+                              n_trials=10) > 0.2
 
 
 def test_narrow_layer_with_fewer_features_than_points():
@@ -178,6 +181,28 @@ def test_common_center_subspace_finds_a_planted_shared_direction():
     assert costs[0] == min(costs) and costs[0] < 0.1  # what is left is as uncorrelated as random vectors
 
 
+def test_center_subspace_basis_is_orthonormal_for_ill_conditioned_centers():
+    g = torch.Generator().manual_seed(0)
+    U = torch.linalg.qr(torch.randn(500, 19, generator=g, dtype=torch.float64)).Q
+    W = torch.linalg.qr(torch.randn(20, 19, generator=g, dtype=torch.float64)).Q
+    sv = torch.cat([torch.ones(16, dtype=torch.float64), torch.tensor([1.02e-6, 1.01e-6, 1e-6], dtype=torch.float64)])
+    centers = ((W - W.mean(0)) * sv) @ U.T
+    V, K, _ = common_center_subspace(centers - centers.mean(0), n_reps=2)
+    torch.testing.assert_close(V.T @ V, torch.eye(K, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_repeated_points_are_dropped_without_changing_the_anchor():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        S, t, kappa = random_problem(rng)
+        if S.shape[1] < 2:
+            continue
+        doubled = np.hstack([S, S[:, :2]])  # two points repeated: G is singular
+        anchor, _, info = anchor_points(torch.from_numpy(doubled)[None], torch.from_numpy(t)[None, None], kappa)
+        assert info.lawson_hanson == 0  # the active-set method still solves it
+        np.testing.assert_allclose(anchor[0, 0].numpy(), cvxopt_anchor(S, t, kappa)[0], atol=1e-6)
+
+
 def test_residual_cost_gradient_equals_autograd():
     X = torch.randn(12, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for K in (1, 3):
@@ -192,3 +217,18 @@ def test_measure_refuses_bad_parameters():
         ManifoldGeometryMeasure(n_t=0)
     with pytest.raises(ValueError, match="n_reps"):
         ManifoldGeometryMeasure(n_reps=0)
+
+
+def test_measure_records_nan_for_a_dead_layer_and_numbers_for_a_live_one():
+    from actid.measures import Evaluation
+    labels = torch.arange(4).repeat_interleave(6)
+    live = torch.randn(24, 12, generator=torch.Generator().manual_seed(0)) + 3 * torch.eye(12)[labels]
+    ev = Evaluation(model=torch.nn.Identity(), step=7, probes={"p": (live, labels)},
+                    activations={"p": {"dead": torch.zeros(24, 12), "live": live}})
+    measure = ManifoldGeometryMeasure(probe="p", layers=["dead", "live"], n_t=50, n_reps=2, seed=0)
+    with pytest.warns(UserWarning, match="layer 'dead' at step 7"):
+        out = measure(ev)
+    assert np.isnan(out["capacity/dead"]) and np.isnan(out["center_corr/dead"])
+    assert out["capacity/live"] > 0 and 0 <= out["center_corr/live"] <= 1
+    named = ManifoldGeometryMeasure(name="restored", probe="p", layers=["live"], n_t=50, n_reps=2, seed=0)(ev)
+    assert set(named) == {f"restored.{k}/live" for k in ("capacity", "radius", "dimension", "center_corr")}

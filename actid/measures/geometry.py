@@ -38,6 +38,7 @@ labelled manifolds become linearly separable, found by bisection per trial; capa
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,8 +49,15 @@ from actid import schema
 from actid.measures.base import Evaluation, Measure, as_real_tensor, register
 from actid.nnls import NNLSInfo, batched_nnls
 
+ROUNDOFF = 1e-13
+"""Eigenvalues of a Gram matrix below this fraction of its largest are round-off and set to zero."""
+
 INTERIOR = 1e-8
 """|t - v*| below this counts as "no constraint binds" (the reference's eps): the anchor is the max-projection point."""
+
+
+class UndefinedGeometry(ValueError):
+    """A manifold's center coincides with the global mean (e.g. a dead layer): its capacity is not defined."""
 
 
 @dataclass(frozen=True)
@@ -121,29 +129,34 @@ def _fit_subspace(X, V, gtol=1e-6, max_iter=300, memory=5):
     changed no capacity, radius or dimension in the 6th digit on the cases we measured (random points, correlated
     centers, MNIST digits), at 2-3x the time."""
     C = X @ X.T
-    tangent = lambda V, Z: Z - V @ (V.mT @ Z)  # noqa: E731  (V^T grad is symmetric for this cost)
-    dot = lambda a, b: (a * b).sum((-2, -1))  # noqa: E731
+    R = V.shape[0]
+
+    def tangent(V, Z):  # V^T grad is symmetric for this cost, so the tangent part is (I - V V^T) Z
+        return Z - V @ (V.mT @ Z)
+
+    def dot(a, b):
+        return (a * b).sum((-2, -1))
+
     cost, grad = _residual_cost(X, C, V)
     xi = tangent(V, grad)
-    S, Y = [], []  # memory of steps and gradient changes, batched over restarts
+    S = V.new_zeros(R, memory, *V.shape[1:])  # steps and gradient changes, newest last; empty slots are zero
+    Y = torch.zeros_like(S)
+    rho = V.new_zeros(R, memory)  # 1 / <s, y> (0 for empty slots: they contribute nothing)
     active = xi.norm(dim=(1, 2)) > gtol
     for _ in range(max_iter):
         if not bool(active.any()):
             break
-        q, alphas = xi.clone(), []
-        for s, y in reversed(list(zip(S, Y))):  # two-loop recursion; empty pairs (zeros) contribute nothing
-            sy = dot(s, y)
-            rho = torch.where(sy > 0, 1 / sy.clamp_min(1e-300), 0)
-            a = rho * dot(s, q)
-            q = q - a[:, None, None] * y
-            alphas.append((rho, a))
-        yy = dot(Y[-1], Y[-1]) if S else torch.zeros_like(cost)
-        scale = torch.where(yy > 0, dot(S[-1], Y[-1]) / yy.clamp_min(1e-300) if S else 0,
-                            1 / q.norm(dim=(1, 2)).clamp_min(1e-300))  # no memory yet: a unit-length first step
-        q = q * scale[:, None, None]
-        for (s, y), (rho, a) in zip(zip(S, Y), reversed(alphas)):
-            b = rho * dot(y, q)
-            q = q + (a - b)[:, None, None] * s
+        q, alphas = xi, []
+        for i in reversed(range(memory)):  # two-loop recursion
+            a = rho[:, i] * dot(S[:, i], q)
+            q = q - a[:, None, None] * Y[:, i]
+            alphas.append(a)
+        yy = dot(Y[:, -1], Y[:, -1])
+        scale = torch.where(yy > 0, 1 / (rho[:, -1] * yy).clamp_min(1e-300), 1 / xi.norm(dim=(1, 2)).clamp_min(1e-300))
+        q = q * scale[:, None, None]  # no memory yet: a unit-length first step
+        for i, a in zip(range(memory), reversed(alphas)):
+            b = rho[:, i] * dot(Y[:, i], q)
+            q = q + (a - b)[:, None, None] * S[:, i]
         direction = -tangent(V, q)
         slope = dot(xi, direction)
         uphill = slope >= 0  # a stale memory: fall back to the gradient
@@ -159,20 +172,19 @@ def _fit_subspace(X, V, gtol=1e-6, max_iter=300, memory=5):
             if not bool(searching.any()):
                 break
             step = torch.where(searching, step / 2, step)
-        move = (active & ok)[:, None, None]
+        move = active & ok
         xi_new = tangent(V_new, grad_new)
         s, y = tangent(V_new, V_new - V), xi_new - tangent(V_new, xi)
-        S = [tangent(V_new, t) for t in S[-memory + 1:]] + [torch.where(move, s, 0)]
-        Y = [tangent(V_new, t) for t in Y[-memory + 1:]] + [torch.where(move, y, 0)]
-        curved = dot(S[-1], Y[-1]) > 0
-        if not bool(curved[active & ok].all()):  # no curvature information: restart the memory of those restarts
-            keep = curved[:, None, None]
-            S, Y = [torch.where(keep, t, 0) for t in S], [torch.where(keep, t, 0) for t in Y]
-        V = torch.where(move, V_new, V)
-        xi = torch.where(move, xi_new, xi)
-        cost = torch.where(move[:, 0, 0], cost_new, cost)
-        gnorm = xi.norm(dim=(1, 2))
-        active = move[:, 0, 0] & (gnorm > gtol) & (step * direction.norm(dim=(1, 2)) > 1e-12)
+        sy = dot(s, y)
+        learn = (move & (sy > 0))[:, None, None, None]  # curvature information; otherwise keep the old memory
+        shifted = lambda M, new: torch.cat([M[:, 1:], new.unsqueeze(1)], 1)  # noqa: E731
+        # the memory moves to the new point's tangent space by projection, all slots at once
+        S = torch.where(learn, shifted(tangent(V_new.unsqueeze(1), S), s), S)
+        Y = torch.where(learn, shifted(tangent(V_new.unsqueeze(1), Y), y), Y)
+        rho = torch.where(learn[:, :, 0, 0], torch.cat([rho[:, 1:], (1 / sy.clamp_min(1e-300)).unsqueeze(1)], 1), rho)
+        m = move[:, None, None]
+        V, xi, cost = torch.where(m, V_new, V), torch.where(m, xi_new, xi), torch.where(move, cost_new, cost)
+        active = move & (xi.norm(dim=(1, 2)) > gtol)
     return V
 
 
@@ -189,7 +201,7 @@ def common_center_subspace(centers: torch.Tensor, n_reps: int = 10, seed: int = 
     keep = lam > lam.max() * 1e-12
     lam, U = lam[keep], U[:, keep]
     X = U * lam.sqrt()  # (P, r): X X^T = centers centers^T
-    basis = centers.T @ (U / lam.sqrt())  # (N, r) orthonormal
+    basis = centers.T @ (U / lam.sqrt())  # (N, r), orthonormal up to round-off amplified by small eigenvalues
     explained = torch.cumsum(lam.flip(0) / lam.sum(), 0)
     n_below = int((explained < 0.95).sum())
     max_K = min(max(n_below - 1, 0) + 11, P - 2, X.shape[1] - 1)
@@ -210,7 +222,7 @@ def common_center_subspace(centers: torch.Tensor, n_reps: int = 10, seed: int = 
     if not costs:
         return centers.new_zeros(centers.shape[1], 0), 0, []
     best = int(np.argmin(costs))
-    return basis @ kept[best], best + 1, costs
+    return torch.linalg.qr(basis @ kept[best]).Q, best + 1, costs  # re-orthonormalised: see the basis above
 
 
 def anchor_points(S: torch.Tensor, T: torch.Tensor, kappa: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, NNLSInfo]:
@@ -272,7 +284,7 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
     P, N = len(X), X[0].shape[1]
     # Only the centers see the global mean and the center subspace V directly: a manifold's centred points are
     # (x - mean) (I - V V^T) whatever the origin, so each manifold is centred once and V enters its Gram matrix.
-    stacked = torch.as_tensor(manifolds) if isinstance(manifolds, (torch.Tensor, np.ndarray)) else None
+    stacked = torch.as_tensor(manifolds).detach() if isinstance(manifolds, (torch.Tensor, np.ndarray)) else None
     means = torch.stack([x.to(device=device, dtype=torch.float64).mean(0) for x in X])
     bad = torch.nonzero(~torch.isfinite(means).all(1)).flatten().tolist()  # a NaN or inf entry spoils the mean
     if bad:
@@ -295,14 +307,16 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
         degenerate = norm <= torch.finfo(torch.float64).eps * means[idx].norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny) * 1e3
         if bool(degenerate.any()):
             bad = [idx[j] for j in torch.nonzero(degenerate).flatten().tolist()]
-            raise ValueError(f"manifolds {bad}: the center coincides with the global mean (or lies in the removed "
+            raise UndefinedGeometry(f"manifolds {bad}: the center coincides with the global mean (or lies in the removed "
                              "center subspace), so capacity is undefined; check for duplicated or constant classes")
         D = min(N, M)
         if N > M:  # an orthonormal basis of the points' span, as the reference's QR: coordinates from the Gram
             along = pts @ V  # (p, M, K)
             gram = (pts @ pts.mT - along @ along.mT) / norm.square()[:, None, None]
             lam, U = torch.linalg.eigh(gram)
-            coords = (U * lam.clamp_min(0).sqrt().unsqueeze(1)).mT  # (p, M, M), coords^T coords = Gram
+            # eigenvalues at round-off level are zero (their square roots would be 1e-8-sized noise coordinates)
+            lam = torch.where(lam > ROUNDOFF * lam[:, -1:], lam, 0)
+            coords = (U * lam.sqrt().unsqueeze(1)).mT  # (p, M, M), coords^T coords = Gram
         else:
             coords = ((pts - (pts @ V) @ V.T) / norm[:, None, None]).mT  # (p, N, M)
         S = torch.cat([coords, torch.ones_like(coords[:, :1])], dim=1)
@@ -356,10 +370,10 @@ def _separable(points: np.ndarray, signs: np.ndarray) -> bool:
 def simulated_capacity(manifolds, n_trials: int = 40, seed: int = 0) -> float:
     """Capacity measured by brute force, the check on the mean-field value (margin 0): P / n_c.
 
-    Per trial: random labels +-1 for the P manifolds (after the global mean is removed, as in
-    :func:`manifold_capacity`) and a random Gaussian projection R^N -> R^n; separability only grows with n (the
-    projections are nested: the first n rows of one matrix), so bisection finds the smallest separable n. n_c is the
-    median over trials: the dimension at which half of the random dichotomies are separable."""
+    Per trial: random labels +-1 for the P manifolds (both labels present; after the global mean is removed, as
+    in :func:`manifold_capacity`) and a random Gaussian projection R^N -> R^n; separability only grows with n (the
+    projections are nested: the first n columns of one matrix), so bisection finds the smallest separable n. n_c is
+    the median over trials: the dimension at which half of the random dichotomies are separable."""
     X = [x.double().cpu().numpy() for x in _as_manifolds(manifolds)]
     origin = np.concatenate(X).mean(0)
     X = [x - origin for x in X]
@@ -367,18 +381,25 @@ def simulated_capacity(manifolds, n_trials: int = 40, seed: int = 0) -> float:
     points = np.concatenate(X)
     owner = np.repeat(np.arange(P), [len(x) for x in X])
     rng = np.random.default_rng(seed)
+    width = min(N, len(points))  # k points in general position are separable in k dimensions
     smallest = []
     for _ in range(n_trials):
-        signs = rng.choice([-1.0, 1.0], size=P)[owner]
-        projected = points @ rng.standard_normal((N, N))
+        labels = rng.choice([-1.0, 1.0], size=P)
+        while abs(labels.sum()) == P:  # one label for all: never separable through the (removed) global mean
+            labels = rng.choice([-1.0, 1.0], size=P)
+        signs = labels[owner]
+        projected = points @ rng.standard_normal((N, width))
         if not _separable(projected, signs):
-            raise ValueError(f"a random dichotomy of these manifolds is not linearly separable even in all N = {N} "
-                             "dimensions: the capacity is below P / N; use fewer manifolds or more features")
-        lo, hi = 0, N  # lo: not separable (n = 0), hi: separable
+            smallest.append(np.inf)  # not separable even at full width (legitimate near capacity P / N)
+            continue
+        lo, hi = 0, width  # lo: not separable (n = 0), hi: separable
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if _separable(projected[:, :mid], signs) else (mid, hi)
         smallest.append(hi)
+    if not np.isfinite(np.median(smallest)):
+        raise ValueError(f"most random dichotomies of these manifolds are not linearly separable even in all "
+                         f"{width} dimensions: the capacity is below P / {width}; use fewer manifolds or more features")
     return P / float(np.median(smallest))
 
 
@@ -389,7 +410,8 @@ class ManifoldGeometryMeasure(Measure):
     ``dimension/<layer>``, ``center_corr/<layer>`` (prefixed ``<name>.`` when the measure is given a name of
     its own, so several probes can be measured side by side).
 
-    Every class of the probe is one manifold, so give it a class-balanced probe (``per_class: 50``, say). The
+    Every class of the probe is one manifold, so give it a class-balanced probe (``per_class: 50``, say). A layer
+    whose class centers coincide with the global mean (a dead layer) gets NaN, with a warning. The
     Gaussian samples are fixed by ``seed`` (the same at every evaluation). It costs about a second per layer on a
     CPU for 10 classes x 50 points, more for many classes (the center-subspace search grows with P): run it every
     few evaluations (``every``, default 5; the first and last evaluations always run)."""
@@ -420,11 +442,14 @@ class ManifoldGeometryMeasure(Measure):
             if len(classes) < 2:
                 raise ValueError(f"measure {self.name!r}: probe {self.probe!r} has {len(classes)} class(es); "
                                  "manifold geometry needs at least 2")
-            geometry = manifold_capacity([x[labels == c] for c in classes], kappa=self.kappa, n_t=self.n_t,
-                                         seed=self.seed or 0, center_subspace=self.center_subspace,
-                                         n_reps=self.n_reps)
-            out[schema.column(f"{prefix}capacity", layer)] = geometry.capacity
-            out[schema.column(f"{prefix}radius", layer)] = geometry.radius
-            out[schema.column(f"{prefix}dimension", layer)] = geometry.dimension
-            out[schema.column(f"{prefix}center_corr", layer)] = geometry.center_correlation
+            try:
+                geometry = manifold_capacity([x[labels == c] for c in classes], kappa=self.kappa, n_t=self.n_t,
+                                             seed=self.seed or 0, center_subspace=self.center_subspace,
+                                             n_reps=self.n_reps)
+                values = (geometry.capacity, geometry.radius, geometry.dimension, geometry.center_correlation)
+            except UndefinedGeometry as err:  # e.g. a layer dead at this step: record NaN, keep training
+                warnings.warn(f"measure {self.name!r}, layer {layer!r} at step {ev.step}: {err}; recorded as NaN")
+                values = (float("nan"),) * 4
+            for key, value in zip(("capacity", "radius", "dimension", "center_corr"), values):
+                out[schema.column(f"{prefix}{key}", layer)] = value
         return out
