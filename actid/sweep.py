@@ -41,7 +41,7 @@ from actid.runs import Run, RunLockedError
 from actid.train import ResumeMismatchError, check_resume, resolve_device, runtime, train
 
 EXPERIMENTS = {"grokking": "actid.experiments.grokking", "memorization": "actid.experiments.memorization",
-               "mnist_grokking": "actid.experiments.mnist_grokking",
+               "mnist_grokking": "actid.experiments.mnist_grokking", "geometry": "actid.experiments.geometry",
                "regularization": "actid.experiments.regularization"}
 STALE = ".stale"
 

@@ -1,0 +1,181 @@
+"""The geometry of memorization (Stephenson et al., ICLR 2021): permuted labels, class manifolds by layer, rewinding.
+
+A fraction ε of the training labels is permuted (:mod:`actid.data.permuted`; fixed ``permutation_seed``), and an MLP
+784-512-512-10 (:class:`actid.models.grokking_mlp.GrokkingMLP` at α = 1: PyTorch's default init) is trained with
+Adam until it fits the permuted examples too. At log-spaced evaluations, with a snapshot of the weights at each:
+
+* accuracy on the whole training set (training labels), on its ``unpermuted`` part (true labels), on its
+  ``permuted`` part (the labels trained on: memorization) and on the validation (test) split;
+* the MFTMA geometry (capacity, radius, dimension, center correlation; :mod:`actid.measures.geometry`) of each
+  layer (``relu1``, ``relu2`` and the logits ``fc3``) for the three kinds of class manifolds: ``unpermuted``,
+  ``permuted`` (grouped by training label) and ``restored`` (the same examples by true label), each on fixed
+  ``manifold_points`` examples per class; columns ``<kind>.capacity/<layer>`` and so on;
+* the TwoNN ID of the hidden layers on the validation split (``id/<layer>``, ``llid``, ``pid``).
+
+**Rewinding** (:func:`rewinding_grid`, from a finished run's snapshots): the final model with the weights of the
+linear layers from ``fc<l>`` on (and, for contrast, of the first layers only) replaced by their values at an
+earlier evaluation, and its test accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+
+from actid.config import check_keys, pick
+from actid.data.images import VECTOR_NAMES, check_subset_size, download_missing, load_vectors, train_subset
+from actid.data.permuted import manifold_samples, permute_labels
+from actid.models.grokking_mlp import GrokkingMLP, GrokkingMLPConfig
+from actid.paths import resolve as resolve_path
+from actid.runs import Run
+from actid.train import Task, TrainConfig, resolve_device
+
+KINDS = ("unpermuted", "permuted", "restored")
+"""The three kinds of class manifolds; each is a probe (whole split) and a measure of that name."""
+
+
+def default_measures(layers: list[str]) -> dict:
+    """TwoNN ID of the hidden layers on the validation split, and the geometry of ``layers`` for each kind."""
+    measures = {"id": {"probe": "val", "estimator": "twonn"}}
+    for kind in KINDS:
+        measures[kind] = {"kind": "manifold_geometry", "probe": f"manifolds_{kind}", "layers": list(layers),
+                          "every": 1}
+    return measures
+
+
+def default_probes() -> dict:
+    return {"val": {"split": "val", "max_points": 0},
+            **{f"manifolds_{kind}": {"split": f"manifolds_{kind}", "max_points": 0} for kind in KINDS}}
+
+
+REFERENCE = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128, eval_log_points=12, snapshot_every=1,
+                 probes=default_probes())
+DERIVED = {"steps", "eval_every"}  # set from epochs by build()
+
+
+@dataclass
+class GeometrySetup:
+    """Data, label permutation, model and length of one run (the optimizer keys live in TrainConfig)."""
+
+    dataset: str = "mnist5k"  # or mnist (torchvision's files under data_dir)
+    data_dir: str = "data"
+    download: bool = False
+    train_images: int = 2000  # a fixed class-balanced subset of the training split
+    permuted_fraction: float = 0.5  # ε: the fraction of training labels shuffled
+    permutation_seed: int = 0  # fixed across seeds and ε, so runs differ only in what they vary
+    manifold_points: int = 20  # examples per class in each kind of class manifold
+    width: int = 512
+    depth: int = 3  # linear layers
+    epochs: int = 60
+
+
+def resolve(config: dict) -> dict:
+    """Every key a run uses: the dataclass defaults, then :data:`REFERENCE` and the default measures, then
+    ``config``."""
+    derived = sorted(DERIVED & set(config))
+    if derived:
+        raise KeyError(f"{derived} are derived from epochs; set epochs (and eval_log_points) instead")
+    check_keys(config, GeometrySetup, {f for f in TrainConfig.__dataclass_fields__} - DERIVED)
+    depth = config.get("depth", GeometrySetup.depth)
+    layers = [f"relu{i}" for i in range(1, depth)] + [f"fc{depth}"]
+    merged = {**REFERENCE, "measures": default_measures(layers), **config}
+    setup, train_cfg = pick(GeometrySetup, merged), pick(TrainConfig, merged)  # validates values
+    GrokkingMLPConfig(width=setup.width, depth=setup.depth, init_scale=1.0)
+    if setup.dataset not in VECTOR_NAMES[:2]:
+        raise ValueError(f"dataset must be one of {VECTOR_NAMES[:2]}, got {setup.dataset!r}")
+    check_subset_size("train_images", setup.train_images, 10)
+    if not 0 < setup.permuted_fraction < 1:
+        raise ValueError(f"permuted_fraction must be in (0, 1) (the manifolds need permuted and unpermuted "
+                         f"examples), got {setup.permuted_fraction!r}")
+    if setup.manifold_points < 2:
+        raise ValueError(f"manifold_points must be >= 2, got {setup.manifold_points!r}")
+    resolved = {**asdict(setup), **{k: v for k, v in asdict(train_cfg).items() if k not in DERIVED}}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+
+
+def prepare(configs: list[dict]) -> None:
+    """Download MNIST once, if runs need it and lack it, before the sweep starts parallel shards."""
+    download_missing(configs, resolve_path)
+
+
+def build(config: dict) -> tuple[Task, TrainConfig]:
+    """Task and TrainConfig for one run of a config (see :func:`resolve`)."""
+    config = resolve(config)
+    setup = pick(GeometrySetup, config)
+    device = resolve_device(config["device"])
+    data = load_vectors(setup.dataset, str(resolve_path(setup.data_dir)), download=setup.download, device=device)
+    data = train_subset(data, setup.train_images)
+    labels = permute_labels(data.train_y.cpu(), setup.permuted_fraction, setup.permutation_seed)
+    samples = manifold_samples(labels, setup.manifold_points, setup.permutation_seed)
+    train_y, true_y = labels.train.to(device), labels.true.to(device)
+    clean, wrong = (~labels.permuted).to(device), labels.permuted.to(device)
+    x = data.train_x
+    eval_sets = {
+        "train": (x, train_y),
+        "unpermuted": (x[clean], true_y[clean]),
+        "permuted": (x[wrong], train_y[wrong]),
+        "val": (data.val_x, data.val_y),
+        "manifolds_unpermuted": (x[samples.unpermuted], true_y[samples.unpermuted]),
+        "manifolds_permuted": (x[samples.permuted], train_y[samples.permuted]),
+        "manifolds_restored": (x[samples.permuted], true_y[samples.permuted]),
+    }
+    steps_per_epoch = -(-len(train_y) // config["batch_size"])
+    train_cfg = pick(TrainConfig, {**config, "steps": setup.epochs * steps_per_epoch})
+    torch.manual_seed(train_cfg.seed)  # model initialisation
+    model = GrokkingMLP(GrokkingMLPConfig(in_features=x.shape[1], width=setup.width, depth=setup.depth,
+                                          n_classes=data.n_classes, init_scale=1.0)).to(device)
+    task = Task(model=model, train_x=x, train_y=train_y, eval_sets=eval_sets, id_layers=model.id_layers,
+                llid_layer=model.llid_layer)
+    return task, train_cfg
+
+
+def linear_layers(model: torch.nn.Module) -> list[str]:
+    """The model's linear layers in forward order (``fc1``, ``fc2``, ...): the units of rewinding."""
+    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+
+
+def rewound(final: dict, early: dict, rewind: list[str]) -> dict:
+    """The state dict ``final`` with every tensor of the layers in ``rewind`` taken from ``early`` (weights, biases,
+    and any buffers such as BatchNorm statistics under those module names)."""
+    return {key: (early[key] if key.split(".")[0] in rewind else value) for key, value in final.items()}
+
+
+def rewind_sets(layers: list[str]) -> list[list[str]]:
+    """The layer sets rewound: every suffix (``fc<l>`` and after: the paper's grid) and every proper prefix (up to
+    ``fc<l>``: rewinding the first layers only)."""
+    suffixes = [layers[i:] for i in range(len(layers))]
+    prefixes = [layers[:i] for i in range(1, len(layers))]
+    return suffixes + prefixes
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+    """Accuracy in eval mode, in batches of ``batch`` as the training loop evaluates (so it matches its numbers)."""
+    was = model.training
+    model.eval()
+    correct = sum(int((model(x[i:i + batch]).float().argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(y), batch))
+    model.train(was)
+    return correct / len(y)
+
+
+def rewinding_grid(run: Run, task: Task, eval_batch_size: int) -> pd.DataFrame:
+    """Test accuracy of the final model with a set of layers rewound to each snapshot, for every suffix and prefix
+    of the linear layers (:func:`rewind_sets`) and every snapshot: rows ``step``, ``first_layer``, ``last_layer``
+    (the rewound range), ``val_acc``. ``task`` is the run's rebuilt task."""
+    steps = run.snapshot_steps()
+    if not steps:
+        raise FileNotFoundError(f"{run.path} has no snapshots; rewinding needs snapshot_every >= 1")
+    final = run.load_snapshot(steps[-1])
+    layers = linear_layers(task.model)
+    x, y = task.eval_sets["val"]
+    rows = []
+    for step in steps:
+        early = run.load_snapshot(step)
+        for rewind in rewind_sets(layers):
+            task.model.load_state_dict(rewound(final, early, rewind))
+            rows.append({"step": step, "first_layer": rewind[0], "last_layer": rewind[-1],
+                         "val_acc": accuracy(task.model, x, y, eval_batch_size)})
+    task.model.load_state_dict(final)
+    return pd.DataFrame(rows)

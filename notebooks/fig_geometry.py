@@ -1,0 +1,178 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The geometry of memorization (Stephenson et al. 2021): permuted labels, class manifolds by layer, rewinding
+#
+# A fraction of the training labels is permuted; the network first learns what the classes share (test accuracy
+# peaks), then memorizes the permuted examples (test accuracy falls). Stephenson et al. measure, layer by layer, the
+# mean-field geometry (MFTMA) of three kinds of class manifolds: **unpermuted** examples by their label,
+# **permuted** examples by the label they are trained on, and **restored**: the same permuted examples by their true
+# label. The capacity of the permuted manifolds grows as they are memorized, mainly in the deeper layers; and
+# rewinding the last layers to an early epoch restores test accuracy, rewinding the first ones does not.
+#
+# Statistics (fixed before the default profile was tuned): the **early** evaluation is the one with the best test
+# accuracy, the **final** one the last. Per layer, the rise of the permuted manifolds' capacity from early to final.
+# Rewinding (from the run's weight snapshots): test accuracy of the final model with the layers after the first
+# (fc2 onwards) set back to the early evaluation, against the same with the layers before the last (up to
+# fc<depth-1>).
+#
+# Input: the raw runs of `python -m actid.sweep geometry` (stage `geometry` of `dvc.yaml`); the figures use the
+# first run in name order. Output, in `out_dir`: `geometry_by_layer`, `geometry_over_training`, `rewinding` (PNG +
+# PDF), `rewinding.csv` and `metrics.json` (with the claims). With `out_dir = None` they go to
+# `build/figures/geometry`.
+
+# %% tags=["parameters"]
+runs_dir = "runs/geometry"  # relative to the repository root, or absolute
+out_dir = None  # None: build/figures/geometry (scratch); the DVC stage passes figures/geometry
+min_drop = 0.1  # memorization: final test accuracy at least this far below its peak
+min_fit = 0.95  # memorization: final accuracy on the permuted examples (their training labels) at least this
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
+
+from actid import plotting
+from actid.claims import claim, profile_label
+from actid.experiments import geometry
+from actid.paths import resolve
+from actid.runs import Run, load_runs
+from actid.schema import STEP
+
+plotting.use_style()
+runs = load_runs(resolve(runs_dir))
+out = plotting.output_dir(out_dir, "geometry")
+name = sorted(runs["run"].unique())[0]
+run_rows = runs[runs["run"] == name].sort_values(STEP).reset_index(drop=True)
+run = Run(resolve(runs_dir) / name)
+config = run.config
+finished = bool(run_rows["finished"].iloc[0])
+KINDS = list(geometry.KINDS)
+KIND_COLORS = dict(zip(KINDS, plotting.PALETTE))
+layers = [c.split("/", 1)[1] for c in run_rows if c.startswith("unpermuted.capacity/")]
+early = int(run_rows.loc[run_rows["val_acc"].idxmax(), STEP])
+final = int(run_rows[STEP].iloc[-1])
+row_at = {step: run_rows[run_rows[STEP] == step].iloc[0] for step in (early, final)}
+print(f"run {name}: permuted fraction {config['permuted_fraction']}, layers {layers}; early step {early} "
+      f"(best test accuracy {row_at[early]['val_acc']:.3f}), final step {final}")
+
+# %% [markdown]
+# ## Geometry by layer, at the early and the final evaluation
+
+# %%
+QUANTITIES = {"capacity": "capacity α_M", "radius": "radius R_M", "dimension": "dimension D_M"}
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+for ax, (q, label) in zip(axes, QUANTITIES.items()):
+    for kind in KINDS:
+        for step, ls in ((early, "--"), (final, "-")):
+            ax.plot(layers, [row_at[step][f"{kind}.{q}/{layer}"] for layer in layers], ls, marker="o",
+                    color=KIND_COLORS[kind])
+    ax.set_xlabel("layer")
+    ax.set_title(f"mean {label} of the class manifolds")
+handles = ([Line2D([], [], color=KIND_COLORS[k], marker="o", label=k) for k in KINDS]
+           + [Line2D([], [], color="black", ls="--", label=f"step {early} (best test accuracy)"),
+              Line2D([], [], color="black", ls="-", label=f"step {final} (final)")])
+plotting.legend_below(fig, handles, ncol=5)
+plotting.save_figure(fig, out, "geometry_by_layer")
+
+# %% [markdown]
+# ## Over training: accuracies and the geometry of the last hidden layer and the logits
+
+# %%
+deep = layers[-2:]
+fig, axes = plt.subplots(1, 1 + len(deep), figsize=(4.2 * (1 + len(deep)), 3.8))
+steps = run_rows[STEP].clip(lower=1)
+for split, label, color in (("val_acc", "test", "black"),
+                            ("unpermuted_acc", "unpermuted training (true labels)", KIND_COLORS["unpermuted"]),
+                            ("permuted_acc", "permuted training (training labels)", KIND_COLORS["permuted"])):
+    axes[0].plot(steps, run_rows[split], marker=".", label=label, color=color)
+axes[0].set_xscale("log")
+axes[0].set_xlabel("step (0 plotted at 1)")
+axes[0].set_title("accuracy")
+axes[0].legend(loc="upper left", fontsize="small")
+for ax, layer in zip(axes[1:], deep):
+    for kind in KINDS:
+        ax.plot(steps, run_rows[f"{kind}.capacity/{layer}"], marker=".", color=KIND_COLORS[kind], label=kind)
+    ax.axvline(max(early, 1), color="gray", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("step (0 plotted at 1)")
+    ax.set_title(f"capacity α_M, layer {layer}")
+plotting.legend_below(fig, [Line2D([], [], color=KIND_COLORS[k], label=f"{k} manifolds") for k in KINDS]
+                      + [Line2D([], [], color="gray", ls=":", label="best test accuracy")], ncol=4)
+plotting.save_figure(fig, out, "geometry_over_training")
+
+# %% [markdown]
+# ## Rewinding: the final model with some layers set back to an earlier evaluation
+
+# %%
+task, train_cfg = geometry.build({**{k: v for k, v in config.items()}, "device": "cpu"})
+grid = geometry.rewinding_grid(run, task, train_cfg.eval_batch_size)
+plotting.save_csv(grid, out / "rewinding.csv")
+grid["rewound"] = [f"{a}" if a == b else f"{a}–{b}" for a, b in zip(grid["first_layer"], grid["last_layer"])]
+order = list(dict.fromkeys(grid["rewound"]))
+table = grid.pivot(index="rewound", columns="step", values="val_acc").loc[order]
+fig, ax = plt.subplots(figsize=(1.1 + 0.55 * table.shape[1], 0.5 + 0.45 * table.shape[0]))
+image = ax.imshow(table.values, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+ax.set_xticks(range(table.shape[1]), table.columns, rotation=90)
+ax.set_yticks(range(table.shape[0]), table.index)
+ax.set_xlabel("rewound to the weights of step")
+ax.set_ylabel("layers rewound")
+ax.set_title(f"test accuracy of the final model (step {final}) with layers rewound")
+for (i, j), value in np.ndenumerate(table.values):
+    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.6 else "black")
+fig.colorbar(image, ax=ax, label="test accuracy")
+plotting.save_figure(fig, out, "rewinding")
+
+# %% [markdown]
+# ## Claims and metrics
+
+# %%
+profile = profile_label(runs)
+n_unfinished = 0 if finished else 1
+claims = []
+
+
+def add_claim(text, paper, ours, agrees):
+    claims.append(claim("Stephenson", text, paper, ours, agrees, profile, n_unfinished))
+
+
+peak, last = float(row_at[early]["val_acc"]), float(row_at[final]["val_acc"])
+fit = float(row_at[final]["permuted_acc"])
+add_claim("with permuted labels the network memorizes: it fits the permuted examples while test accuracy falls from "
+          "its peak", "permuted examples fitted late in training, test accuracy peaks early then declines",
+          f"permuted examples {fit:.3f} (training labels), test accuracy {peak:.3f} at step {early} → {last:.3f} at "
+          f"step {final} (ε {config['permuted_fraction']}; {config['dataset']})",
+          fit >= min_fit and peak - last >= min_drop)
+rise = {layer: float(row_at[final][f"permuted.capacity/{layer}"] - row_at[early][f"permuted.capacity/{layer}"])
+        for layer in layers}
+top = max(rise, key=rise.get)
+add_claim("the permuted manifolds' capacity rises most in the deeper layers (early → final evaluation)",
+          "memorization happens mainly in the deeper layers",
+          f"rise per layer {', '.join(f'{k} {v:+.3f}' for k, v in rise.items())}; largest in {top}",
+          layers.index(top) >= len(layers) // 2)
+linear = geometry.linear_layers(task.model)
+at_peak = grid[grid["step"] == early]
+last_layers = float(at_peak[(at_peak["first_layer"] == linear[1]) & (at_peak["last_layer"] == linear[-1])]["val_acc"].iloc[0])
+first_layers = float(at_peak[(at_peak["first_layer"] == linear[0]) & (at_peak["last_layer"] == linear[-2])]["val_acc"].iloc[0])
+add_claim("rewinding the last layers to the peak-test evaluation restores test accuracy; rewinding the first layers "
+          "does not", "generalization restored by rewinding the last layers only",
+          f"final {last:.3f}; {linear[1]}–{linear[-1]} rewound to step {early}: {last_layers:.3f}; "
+          f"{linear[0]}–{linear[-2]} rewound: {first_layers:.3f}",
+          last_layers - last >= min_drop / 2 and last_layers > first_layers)
+for c in claims:
+    print(f"[{c['agrees']}] {c['claim']}: {c['ours']}")
+metrics = {"run": name, "finished": finished, "early_step": early, "final_step": final,
+           "val_acc": {"peak": peak, "final": last}, "permuted_acc_final": fit, "permuted_capacity_rise": rise,
+           "rewinding_at_peak": {"last_layers": last_layers, "first_layers": first_layers},
+           "claims": claims}
+plotting.save_json(out / "metrics.json", metrics)
