@@ -39,7 +39,20 @@ def test_the_three_groupings_use_the_right_examples_and_labels():
 
 
 def test_build_wires_the_eval_sets_to_the_permutation():
+    from actid.data.images import load_vectors, train_subset
+    true_y = train_subset(load_vectors("mnist5k"), 500).train_y
     task, cfg = build({"train_images": 500, "manifold_points": 5, "width": 16, "epochs": 1, "device": "cpu"})
+
+    def train_index(x):  # where each of these examples sits in the training set
+        return (x.unsqueeze(1) == task.train_x.unsqueeze(0)).all(-1).int().argmax(1)
+
+    for kind, want in (("manifolds_unpermuted", "true"), ("manifolds_restored", "true"), ("manifolds_permuted", "train"),
+                       ("unpermuted", "true"), ("permuted", "train")):
+        x, y = task.eval_sets[kind]
+        i = train_index(x)
+        assert torch.equal(y, true_y[i] if want == "true" else task.train_y[i]), kind
+        relabelled = task.train_y[i] != true_y[i]
+        assert bool(~relabelled.any() if kind.endswith("unpermuted") else relabelled.all()), kind
     x_perm, y_perm = task.eval_sets["manifolds_permuted"]
     x_rest, y_rest = task.eval_sets["manifolds_restored"]
     assert torch.equal(x_perm, x_rest) and (y_perm != y_rest).all()
@@ -91,7 +104,17 @@ def test_tiny_sweep_tracks_every_kind_and_rewinding_all_layers_reproduces_each_e
     grid = rewinding_grid(run, task, cfg.eval_batch_size)
     everything = grid[(grid["first_layer"] == "fc1") & (grid["last_layer"] == "fc3")].set_index("step")["val_acc"]
     assert everything.to_dict() == rows.set_index("step")["val_acc"].to_dict()  # exactly epoch e's test accuracy
+    final_acc = rows.set_index("step")["val_acc"].iloc[-1]
+    assert (grid[grid["step"] == rows["step"].max()]["val_acc"] == final_acc).all()  # rewinding to the end: a no-op
     assert linear_layers(task.model) == ["fc1", "fc2", "fc3"]
+    # one partial rewind against a hand-made model: fc3 from the first snapshot, the rest from the last
+    first, last = run.load_snapshot(run.snapshot_steps()[0]), run.load_snapshot(run.snapshot_steps()[-1])
+    task.model.load_state_dict({k: (first[k] if k.startswith("fc3.") else v) for k, v in last.items()})
+    x, y = task.eval_sets["val"]
+    with torch.no_grad():
+        by_hand = int((task.model.eval()(x).argmax(1) == y).sum()) / len(y)
+    step0 = grid[(grid["step"] == run.snapshot_steps()[0]) & (grid["first_layer"] == "fc3")]["val_acc"].iloc[0]
+    assert by_hand == pytest.approx(step0, abs=1e-12)
 
 
 def test_default_profile_is_one_half_permuted_run():

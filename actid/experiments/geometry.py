@@ -2,10 +2,12 @@
 
 A fraction ε of the training labels is permuted (:mod:`actid.data.permuted`; fixed ``permutation_seed``), and an MLP
 784-512-512-10 (:class:`actid.models.grokking_mlp.GrokkingMLP` at α = 1: PyTorch's default init) is trained with
-Adam until it fits the permuted examples too. At log-spaced evaluations, with a snapshot of the weights at each:
+Adam (actid's default betas 0.9/0.98) for a fixed number of epochs, long enough to fit the permuted examples too.
+At log-spaced steps (``eval_log_points``; dense in the first epoch), with a snapshot of the weights at each:
 
 * accuracy on the whole training set (training labels), on its ``unpermuted`` part (true labels), on its
-  ``permuted`` part (the labels trained on: memorization) and on the validation (test) split;
+  ``permuted`` part (the labels trained on: memorization) and on the validation split (for mnist5k: the 1,000
+  held-out digits);
 * the MFTMA geometry (capacity, radius, dimension, center correlation; :mod:`actid.measures.geometry`) of each
   layer (``relu1``, ``relu2`` and the logits ``fc3``) for the three kinds of class manifolds: ``unpermuted``,
   ``permuted`` (grouped by training label) and ``restored`` (the same examples by true label), each on fixed
@@ -52,7 +54,7 @@ def default_probes() -> dict:
 
 REFERENCE = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128, eval_log_points=12, snapshot_every=1,
                  probes=default_probes())
-DERIVED = {"steps", "eval_every"}  # set from epochs by build()
+DERIVED = {"steps"}  # set from epochs by build()
 
 
 @dataclass
@@ -76,7 +78,7 @@ def resolve(config: dict) -> dict:
     ``config``."""
     derived = sorted(DERIVED & set(config))
     if derived:
-        raise KeyError(f"{derived} are derived from epochs; set epochs (and eval_log_points) instead")
+        raise KeyError(f"{derived} is derived from epochs; set epochs (and eval_log_points) instead")
     check_keys(config, GeometrySetup, {f for f in TrainConfig.__dataclass_fields__} - DERIVED)
     depth = config.get("depth", GeometrySetup.depth)
     layers = [f"relu{i}" for i in range(1, depth)] + [f"fc{depth}"]
