@@ -38,6 +38,13 @@ class NNLSInfo:
     lawson_hanson: int
     kkt_residual: float
 
+    @classmethod
+    def combine(cls, infos) -> "NNLSInfo":
+        """One report for batches solved separately (the worst iteration count and residual, summed work)."""
+        infos = list(infos)
+        return cls(max((i.outer_iterations for i in infos), default=0), sum(i.cg_steps for i in infos),
+                   sum(i.lawson_hanson for i in infos), max((i.kkt_residual for i in infos), default=0.0))
+
 
 def kkt_residual(G: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """Per problem ``max_j |min(a_j G_jj, g_j)|`` relative to ``max_j |b_j|``; (P, n). Zero exactly at the NNLS
@@ -97,9 +104,7 @@ def batched_nnls(S: torch.Tensor, Y: torch.Tensor, *, tol: float = 1e-10, max_ou
     chunk = P if S.is_cuda else max(1, CPU_CHUNK_ELEMENTS // max(1, n * M))
     parts = [_solve(S[i:i + chunk], Y[i:i + chunk], tol, max_outer, cg_tol) for i in range(0, P, chunk)]
     A = torch.cat([a for a, _ in parts]) if parts else Y.new_zeros(0, n, M)
-    infos = [info for _, info in parts]
-    return A, NNLSInfo(max((i.outer_iterations for i in infos), default=0), sum(i.cg_steps for i in infos),
-                       sum(i.lawson_hanson for i in infos), max((i.kkt_residual for i in infos), default=0.0))
+    return A, NNLSInfo.combine(info for _, info in parts)
 
 
 RANK_TOL = 1e-10
@@ -180,13 +185,12 @@ def _block_pivoting(G, B, enabled, tol, max_outer, cg_tol):
                 return t
             return torch.gather(t[rows], 1, cols.view(*cols.shape, *[1] * (t.ndim - 2)).expand(-1, -1, *t.shape[2:]))
 
-        Gs = G if everything else G[rows]
+        Gs = G[rows]  # per manifold (small); per-problem state goes through take()
         Bs, F, E = take(B), take(free), take(eps)
         X, steps = _masked_cg(Gs, Bs, F, take(A), cg_tol, max_cg)
         cg_steps += steps
         g = torch.bmm(X, Gs) - Bs
-        ds = d if everything else d[rows]
-        infeasible = torch.where(F, X * ds < -E, g < -E) & (allowed if everything else allowed[rows])
+        infeasible = torch.where(F, X * d[rows] < -E, g < -E) & allowed[rows]
         n_inf = infeasible.sum(-1, dtype=torch.int32)
         solved = (n_inf == 0) & (kkt_residual(Gs, Bs, X.clamp_min(0)) <= tol)
         fewer, bk = n_inf < take(best), take(backup)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from actid.measures.geometry import _geometry, prepare_manifolds
+from actid.measures.geometry import manifold_quantities, prepare_manifolds
 
 
 def reference_manifold(S: np.ndarray, T: np.ndarray, kappa: float) -> tuple[float, float, float]:
@@ -79,7 +79,7 @@ def main() -> None:
         (idx, S, T), = prepared.groups
 
         def ours():
-            return _geometry(S, T, kappa)
+            return manifold_quantities(S, T, kappa)
 
         ours_s, (cap, rad, dim, info) = seconds(ours, args.repeats)
         S_np, T_np = S.cpu().numpy(), T.cpu().numpy()

@@ -246,7 +246,7 @@ def anchor_points(S: torch.Tensor, T: torch.Tensor, kappa: float = 0.0) -> tuple
     return anchors, alpha, info
 
 
-def _geometry(S: torch.Tensor, T: torch.Tensor, kappa: float):
+def manifold_quantities(S: torch.Tensor, T: torch.Tensor, kappa: float):
     """Per-manifold capacity, radius and dimension from points S (P, D+1, M) and samples T (P, n_t, D+1)."""
     D = S.shape[1] - 1
     anchors, _, info = anchor_points(S, T, kappa)
@@ -339,12 +339,11 @@ def manifold_capacity(manifolds, kappa: float = 0.0, n_t: int = 200, seed: int =
     prepared = prepare_manifolds(manifolds, n_t, seed, center_subspace=center_subspace, n_reps=n_reps, device=device)
     results, infos = {}, []
     for idx, S, T in prepared.groups:
-        cap, rad, dim, info = _geometry(S, T, float(kappa))
+        cap, rad, dim, info = manifold_quantities(S, T, float(kappa))
         infos.append(info)
         results.update({i: (cap[j], rad[j], dim[j]) for j, i in enumerate(idx)})
     caps, radii, dims = (torch.stack(v).cpu() for v in zip(*(results[i] for i in sorted(results))))
-    info = NNLSInfo(max(i.outer_iterations for i in infos), sum(i.cg_steps for i in infos),
-                    sum(i.lawson_hanson for i in infos), max(i.kkt_residual for i in infos))
+    info = NNLSInfo.combine(infos)
     return ManifoldGeometry(capacity=float(1 / (1 / caps).mean()), radius=float(radii.mean()),
                             dimension=float(dims.mean()), center_correlation=prepared.center_correlation,
                             K=prepared.K, capacities=caps, radii=radii, dimensions=dims, solver=info)
