@@ -336,15 +336,14 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
             raise ValueError(f"{run.metrics_path} does not end with the final row recorded in {run.done_path.name}: "
                              "the file was changed after the run finished. Delete the run directory to retrain it.")
     meta = run.meta()
-    for key, value in meta["config"].items():
-        if key not in df.columns and not isinstance(value, (list, dict)):
-            df[key] = value
+    extra = {key: value for key, value in meta["config"].items()
+             if key not in df.columns and not isinstance(value, (list, dict))}
+    extra["finished"] = run.is_finished
+    if meta.get("profile") is not None:  # the params.yaml profile of a sweep's run (a Tracker run has none)
+        extra["profile"] = meta["profile"]
     df.insert(0, "run", run.name)
-    df["finished"] = run.is_finished
-    profile = meta.get("profile")
-    if profile is not None:  # the params.yaml profile of a sweep's run (a Tracker run has none)
-        df["profile"] = profile
-    return df
+    return pd.concat([df, pd.DataFrame({key: [value] * len(df) for key, value in extra.items()}, index=df.index)],
+                     axis=1)  # one concat: column-by-column inserts fragment a wide frame
 
 
 def load_runs(path: str | Path) -> pd.DataFrame:

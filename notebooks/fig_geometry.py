@@ -123,7 +123,7 @@ plotting.save_figure(fig, out, "geometry_over_training")
 # ## Rewinding: the final model with some layers set back to an earlier evaluation
 
 # %%
-task, train_cfg = geometry.build({**config, "device": "cpu"})
+task, train_cfg = geometry.build(config)  # on the device the run trained on ("auto": a GPU if there is one)
 snapshots = run.snapshot_steps()
 have_snapshots = early in snapshots and final in snapshots and snapshots[-1] == final
 if snapshots:
@@ -171,7 +171,7 @@ add_claim(f"the permuted manifolds' capacity rises more in the last hidden layer
           f"by at least {min_gain})", "memorization happens mainly in the deeper layers",
           f"rise per layer {', '.join(f'{k} {v:+.3f}' for k, v in rise.items())}",
           rise[hidden[-1]] - rise[hidden[0]] >= min_gain)
-linear = geometry.linear_layers(task.model)
+linear = geometry.weight_layers(task.model)
 if have_snapshots:
     at_peak = grid[grid["step"] == early]
     alone = {layer: float(at_peak[(at_peak["first_layer"] == layer) & (at_peak["last_layer"] == layer)]["val_acc"].iloc[0])

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from actid.data.permuted import manifold_samples, permute_labels
-from actid.experiments.geometry import KINDS, build, linear_layers, resolve, rewind_sets, rewinding_grid, rewound
+from actid.experiments.geometry import KINDS, build, resolve, rewind_sets, rewinding_grid, rewound, weight_layers
 from actid.paths import ROOT
 from actid.runs import Run, load_runs
 from actid.sweep import main as sweep_main
@@ -70,6 +70,76 @@ def test_resolve_refuses_derived_and_bad_keys():
         resolve({"permuted_fraction": 0.0})
 
 
+def test_resolve_refuses_a_dataset_or_augmentation_the_model_cannot_take():
+    with pytest.raises(ValueError, match="does not fit model 'mlp'"):
+        resolve({"dataset": "cifar100"})
+    with pytest.raises(ValueError, match="does not fit model 'vgg16'"):
+        resolve({"model": "vgg16", "dataset": "mnist"})
+    with pytest.raises(ValueError, match="model: vgg16 only"):
+        resolve({"flip": True})
+    with pytest.raises(ValueError, match="model must be one of"):
+        resolve({"model": "resnet"})
+    assert resolve({})["width"] == 512 and resolve({"model": "vgg16"})["width"] == 64  # each model's own default
+
+
+def test_vgg16_is_torchvisions_network():
+    """Loaded with torchvision's vgg16(num_classes=100) weights (ours in the same order, shape by shape), it computes
+    the same logits; the bn variant lines up with vgg16_bn; our own init follows torchvision's scheme."""
+    import torchvision
+    from actid.models.vgg import VGG16, VGGConfig
+    torch.manual_seed(0)
+    theirs, ours = torchvision.models.vgg16(num_classes=100).eval(), VGG16(VGGConfig()).eval()
+    pairs = list(zip(ours.state_dict().items(), theirs.state_dict().values()))
+    assert len(pairs) == len(theirs.state_dict()) == 32 and all(a.shape == b.shape for (_, a), b in pairs)
+    assert sum(p.numel() for p in ours.parameters()) == 134_670_244
+    for name, module in ours.named_children():  # torchvision's init, before loading its weights
+        for m in module.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                fan_out = m.out_channels * 9
+                assert float(m.weight.detach().std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.1), name
+                assert not m.bias.any()
+            elif isinstance(m, torch.nn.Linear):
+                assert float(m.weight.detach().std()) == pytest.approx(0.01, rel=0.05) and not m.bias.any(), name
+    ours.load_state_dict({key: value for (key, _), value in pairs})
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-6)
+    bn_theirs, bn_ours = torchvision.models.vgg16_bn(num_classes=10), VGG16(VGGConfig(n_classes=10, batch_norm=True))
+    assert [v.shape for v in bn_ours.state_dict().values()] == [v.shape for v in bn_theirs.state_dict().values()]
+    assert weight_layers(ours) == [f"conv{i}" for i in range(1, 14)] + ["fc1", "fc2", "fc3"]
+
+
+def test_vgg_run_on_cifar_files_rewinds_batchnorm_statistics_too(tmp_path):
+    """A real tiny VGG-16 (with BatchNorm, crops and flips) on files in torchvision's CIFAR layout: rewinding every
+    layer to an evaluation reproduces that evaluation's test accuracy exactly, which needs the BatchNorm running
+    statistics rewound with their convs."""
+    from actid.data.images import write_fake_cifar
+    write_fake_cifar(str(tmp_path / "data"), "cifar10", n_train=400, n_test=100)
+    params = {"profile": "tiny", "geometry": {"tiny": {
+        "fixed": {"model": "vgg16", "dataset": "cifar10", "data_dir": str(tmp_path / "data"), "verify_md5": False,
+                  "train_images": None, "manifold_points": 4, "width": 4, "hidden": 16, "batch_norm": True,
+                  "crop_padding": 2, "flip": True, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 2,
+                  "batch_size": 50, "eval_log_points": 3,
+                  "measures": {"id": {"probe": "val", "estimator": "twonn"},  # two layers, no center removal: fast
+                               **{kind: {"kind": "manifold_geometry", "probe": f"manifolds_{kind}",
+                                         "layers": ["pool3", "fc2"], "every": 1, "center_subspace": False}
+                                  for kind in KINDS}}},
+        "grid": {"permuted_fraction": [0.5]}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    sweep_main(["geometry", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "runs"),
+                "--set", "device=cpu"])
+    rows = load_runs(tmp_path / "runs")
+    assert rows["finished"].all() and rows["unpermuted.capacity/pool3"].notna().all()
+    assert rows["permuted.dimension/fc2"].notna().all() and rows["id/pool5"].notna().all()
+    run = Run(tmp_path / "runs" / rows["run"].iloc[0])
+    task, cfg = build({**run.config, "device": "cpu"})
+    assert any(k.endswith("running_mean") for k in run.load_snapshot(run.snapshot_steps()[0]))
+    grid = rewinding_grid(run, task, cfg.eval_batch_size)
+    everything = grid[(grid["first_layer"] == "conv1") & (grid["last_layer"] == "fc3")].set_index("step")["val_acc"]
+    assert everything.to_dict() == rows.set_index("step")["val_acc"].to_dict()
+    assert len(grid) == len(run.snapshot_steps()) * (16 + 15)  # every suffix and proper prefix of 16 layers
+
+
 def test_rewound_state_takes_exactly_the_chosen_layers():
     final = {"fc1.weight": 1, "fc1.bias": 1, "fc2.weight": 1, "fc3.weight": 1}
     early = {k: 0 for k in final}
@@ -106,7 +176,7 @@ def test_tiny_sweep_tracks_every_kind_and_rewinding_all_layers_reproduces_each_e
     assert everything.to_dict() == rows.set_index("step")["val_acc"].to_dict()  # exactly epoch e's test accuracy
     final_acc = rows.set_index("step")["val_acc"].iloc[-1]
     assert (grid[grid["step"] == rows["step"].max()]["val_acc"] == final_acc).all()  # rewinding to the end: a no-op
-    assert linear_layers(task.model) == ["fc1", "fc2", "fc3"]
+    assert weight_layers(task.model) == ["fc1", "fc2", "fc3"]
     # one partial rewind against a hand-made model: fc3 from the first snapshot, the rest from the last
     first, last = run.load_snapshot(run.snapshot_steps()[0]), run.load_snapshot(run.snapshot_steps()[-1])
     task.model.load_state_dict({k: (first[k] if k.startswith("fc3.") else v) for k, v in last.items()})
@@ -117,10 +187,15 @@ def test_tiny_sweep_tracks_every_kind_and_rewinding_all_layers_reproduces_each_e
     assert by_hand == pytest.approx(step0, abs=1e-12)
 
 
-def test_default_profile_is_one_half_permuted_run():
-    profile = yaml.safe_load((ROOT / "params.yaml").read_text())["geometry"]["default"]
-    assert profile["grid"] == {"permuted_fraction": [0.5]} and profile["fixed"]["dataset"] == "mnist5k"
-    resolve(profile["fixed"])
+def test_profiles_resolve_default_one_half_permuted_mlp_run_paper_vgg16_on_cifar100():
+    profiles = yaml.safe_load((ROOT / "params.yaml").read_text())["geometry"]
+    assert profiles["default"]["grid"] == {"permuted_fraction": [0.5]}
+    default = resolve(profiles["default"]["fixed"])
+    assert default["dataset"] == "mnist5k" and default["model"] == "mlp"
+    paper = resolve(profiles["paper"]["fixed"])
+    assert (paper["model"], paper["dataset"], paper["train_images"], paper["width"], paper["hidden"]) == \
+        ("vgg16", "cifar100", None, 64, 4096)
+    assert paper["measures"]["permuted"]["layers"] == [f"pool{b}" for b in range(1, 6)] + ["fc1", "fc2", "fc3"]
 
 
 @pytest.mark.slow

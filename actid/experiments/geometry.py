@@ -1,22 +1,29 @@
 """The geometry of memorization (Stephenson et al., ICLR 2021): permuted labels, class manifolds by layer, rewinding.
 
-A fraction ε of the training labels is permuted (:mod:`actid.data.permuted`; fixed ``permutation_seed``), and an MLP
-784-512-512-10 (:class:`actid.models.grokking_mlp.GrokkingMLP` at α = 1: PyTorch's default init) is trained with
-Adam (actid's default betas 0.9/0.98) for a fixed number of epochs, long enough to fit the permuted examples too.
+A fraction ε of the training labels is permuted (:mod:`actid.data.permuted`; fixed ``permutation_seed``) and a model
+is trained long enough to fit the permuted examples too. ``model`` picks it:
+
+* ``mlp`` (default): 784-512-512-10 (:class:`actid.models.grokking_mlp.GrokkingMLP` at α = 1: PyTorch's default
+  init) on flat digits (``mnist5k`` offline, or torchvision's ``mnist``), Adam (actid's default betas 0.9/0.98);
+  measured layers ``relu1``, ``relu2`` and the logits ``fc3``;
+* ``vgg16``: torchvision's VGG-16 (:mod:`actid.models.vgg`, the paper's workhorse) on images (``cifar100``,
+  ``cifar10`` or the padded ``mnist5k`` digits), with optional crop/flip/rotation augmentation; measured layers the
+  block outputs ``pool1``-``pool5`` and the classifier's ``fc1``, ``fc2``, ``fc3``.
+
 At log-spaced steps (``eval_log_points``; dense in the first epoch), with a snapshot of the weights at each:
 
 * accuracy on the whole training set (training labels), on its ``unpermuted`` part (true labels), on its
   ``permuted`` part (the labels trained on: memorization) and on the validation split (for mnist5k: the 1,000
   held-out digits);
 * the MFTMA geometry (capacity, radius, dimension, center correlation; :mod:`actid.measures.geometry`) of each
-  layer (``relu1``, ``relu2`` and the logits ``fc3``) for the three kinds of class manifolds: ``unpermuted``,
-  ``permuted`` (grouped by training label) and ``restored`` (the same examples by true label), each on fixed
-  ``manifold_points`` examples per class; columns ``<kind>.capacity/<layer>`` and so on;
-* the TwoNN ID of the hidden layers on the validation split (``id/<layer>``, ``llid``, ``pid``).
+  measured layer for the three kinds of class manifolds: ``unpermuted``, ``permuted`` (grouped by training label)
+  and ``restored`` (the same examples by true label), each on fixed ``manifold_points`` examples per class; columns
+  ``<kind>.capacity/<layer>`` and so on;
+* the TwoNN ID of the model's ID layers on the validation split (``id/<layer>``, ``llid``, ``pid``).
 
-**Rewinding** (:func:`rewinding_grid`, from a finished run's snapshots): the final model with the weights of the
-linear layers from ``fc<l>`` on (and, for contrast, of the first layers only) replaced by their values at an
-earlier evaluation, and its test accuracy.
+**Rewinding** (:func:`rewinding_grid`, from a finished run's snapshots): the final model with the weight layers from
+the l-th on (and, for contrast, the first layers only) replaced by their values at an earlier evaluation, BatchNorm
+statistics included, and its test accuracy.
 """
 
 from __future__ import annotations
@@ -27,15 +34,19 @@ import pandas as pd
 import torch
 
 from actid.config import check_keys, pick
-from actid.data.images import VECTOR_NAMES, check_subset_size, download_missing, load_vectors, train_subset
+from actid.data.images import (NAMES as IMAGE_NAMES, VECTOR_NAMES, DeviceAugment, check_subset_size,
+                               download_missing, load_image_dataset, load_vectors, train_subset)
 from actid.data.permuted import manifold_samples, permute_labels
 from actid.models.grokking_mlp import GrokkingMLP, GrokkingMLPConfig
+from actid.models.vgg import BLOCKS, VGG16, VGGConfig
 from actid.paths import resolve as resolve_path
 from actid.runs import Run
 from actid.train import Task, TrainConfig, resolve_device
 
 KINDS = ("unpermuted", "permuted", "restored")
 """The three kinds of class manifolds; each is a probe (whole split) and a measure of that name."""
+MODELS = {"mlp": {"datasets": VECTOR_NAMES[:2], "width": 512}, "vgg16": {"datasets": IMAGE_NAMES, "width": 64}}
+"""The models, the data sets each takes and the width each gets when ``width`` is None."""
 
 
 def default_measures(layers: list[str]) -> dict:
@@ -61,16 +72,30 @@ DERIVED = {"steps"}  # set from epochs by build()
 class GeometrySetup:
     """Data, label permutation, model and length of one run (the optimizer keys live in TrainConfig)."""
 
-    dataset: str = "mnist5k"  # or mnist (torchvision's files under data_dir)
+    dataset: str = "mnist5k"  # mlp: mnist5k or mnist (torchvision's files); vgg16: cifar100, cifar10 or mnist5k
     data_dir: str = "data"
     download: bool = False
-    train_images: int = 2000  # a fixed class-balanced subset of the training split
+    verify_md5: bool = True  # torchvision's checksum of the CIFAR files (False for generated test files)
+    train_images: int | None = 2000  # a fixed class-balanced subset of the training split (None: all of it)
     permuted_fraction: float = 0.5  # ε: the fraction of training labels shuffled
     permutation_seed: int = 0  # fixed across seeds and ε, so runs differ only in what they vary
     manifold_points: int = 20  # examples per class in each kind of class manifold
-    width: int = 512
-    depth: int = 3  # linear layers
+    model: str = "mlp"  # or vgg16
+    width: int | None = None  # mlp: hidden units; vgg16: channels of the first block (None: MODELS' width)
+    depth: int = 3  # mlp: linear layers
+    hidden: int = 4096  # vgg16: units of fc1 and fc2
+    batch_norm: bool = False  # vgg16: a BatchNorm after every conv (torchvision's vgg16_bn)
+    crop_padding: int = 0  # vgg16 augmentation: random crops of the image padded by this many pixels
+    flip: bool = False  # vgg16 augmentation: random horizontal flips
+    rotate_degrees: float = 0.0  # vgg16 augmentation: random rotations within ± this
     epochs: int = 60
+
+
+def measured_layers(setup: GeometrySetup) -> list[str]:
+    """The layers whose class-manifold geometry is measured: every hidden layer's output and the logits."""
+    if setup.model == "vgg16":
+        return [f"pool{b}" for b in range(1, len(BLOCKS) + 1)] + ["fc1", "fc2", "fc3"]
+    return [f"relu{i}" for i in range(1, setup.depth)] + [f"fc{setup.depth}"]
 
 
 def resolve(config: dict) -> dict:
@@ -80,14 +105,23 @@ def resolve(config: dict) -> dict:
     if derived:
         raise KeyError(f"{derived} is derived from epochs; set epochs (and eval_log_points) instead")
     check_keys(config, GeometrySetup, {f for f in TrainConfig.__dataclass_fields__} - DERIVED)
-    depth = config.get("depth", GeometrySetup.depth)
-    layers = [f"relu{i}" for i in range(1, depth)] + [f"fc{depth}"]
-    merged = {**REFERENCE, "measures": default_measures(layers), **config}
-    setup, train_cfg = pick(GeometrySetup, merged), pick(TrainConfig, merged)  # validates values
-    GrokkingMLPConfig(width=setup.width, depth=setup.depth, init_scale=1.0)
-    if setup.dataset not in VECTOR_NAMES[:2]:
-        raise ValueError(f"dataset must be one of {VECTOR_NAMES[:2]}, got {setup.dataset!r}")
-    check_subset_size("train_images", setup.train_images, 10)
+    setup = pick(GeometrySetup, config)  # validates values
+    if setup.model not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {setup.model!r}")
+    if setup.dataset not in MODELS[setup.model]["datasets"]:
+        raise ValueError(f"dataset {setup.dataset!r} does not fit model {setup.model!r}; "
+                         f"choose one of {MODELS[setup.model]['datasets']}")
+    augments = setup.crop_padding or setup.flip or setup.rotate_degrees
+    if setup.model == "mlp" and augments:
+        raise ValueError("crop_padding, flip and rotate_degrees augment images: set them with model: vgg16 only")
+    merged = {**REFERENCE, "measures": default_measures(measured_layers(setup)), **config,
+              "width": setup.width or MODELS[setup.model]["width"]}
+    setup, train_cfg = pick(GeometrySetup, merged), pick(TrainConfig, merged)
+    if setup.model == "mlp":
+        GrokkingMLPConfig(width=setup.width, depth=setup.depth, init_scale=1.0)
+    else:
+        VGGConfig(width=setup.width, hidden=setup.hidden)
+    check_subset_size("train_images", setup.train_images, 100 if setup.dataset == "cifar100" else 10)
     if not 0 < setup.permuted_fraction < 1:
         raise ValueError(f"permuted_fraction must be in (0, 1) (the manifolds need permuted and unpermuted "
                          f"examples), got {setup.permuted_fraction!r}")
@@ -102,13 +136,30 @@ def prepare(configs: list[dict]) -> None:
     download_missing(configs, resolve_path)
 
 
+def load_data(setup: GeometrySetup, device):
+    """The run's data: flat vectors for the MLP, normalised images for VGG-16; the class-balanced subset if asked."""
+    if setup.model == "mlp":
+        data = load_vectors(setup.dataset, str(resolve_path(setup.data_dir)), download=setup.download, device=device)
+    else:
+        data = load_image_dataset(setup.dataset, str(resolve_path(setup.data_dir)), download=setup.download,
+                                  device=device, verify=setup.verify_md5)
+    return data if setup.train_images is None else train_subset(data, setup.train_images)
+
+
+def make_model(setup: GeometrySetup, data) -> torch.nn.Module:
+    if setup.model == "mlp":
+        return GrokkingMLP(GrokkingMLPConfig(in_features=data.train_x.shape[1], width=setup.width, depth=setup.depth,
+                                             n_classes=data.n_classes, init_scale=1.0))
+    return VGG16(VGGConfig(n_classes=data.n_classes, in_channels=data.in_channels, width=setup.width,
+                           hidden=setup.hidden, batch_norm=setup.batch_norm))
+
+
 def build(config: dict) -> tuple[Task, TrainConfig]:
     """Task and TrainConfig for one run of a config (see :func:`resolve`)."""
     config = resolve(config)
     setup = pick(GeometrySetup, config)
     device = resolve_device(config["device"])
-    data = load_vectors(setup.dataset, str(resolve_path(setup.data_dir)), download=setup.download, device=device)
-    data = train_subset(data, setup.train_images)
+    data = load_data(setup, device)
     labels = permute_labels(data.train_y.cpu(), setup.permuted_fraction, setup.permutation_seed)
     samples = manifold_samples(labels, setup.manifold_points, setup.permutation_seed)
     train_y, true_y = labels.train.to(device), labels.true.to(device)
@@ -126,16 +177,20 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
     steps_per_epoch = -(-len(train_y) // config["batch_size"])
     train_cfg = pick(TrainConfig, {**config, "steps": setup.epochs * steps_per_epoch})
     torch.manual_seed(train_cfg.seed)  # model initialisation
-    model = GrokkingMLP(GrokkingMLPConfig(in_features=x.shape[1], width=setup.width, depth=setup.depth,
-                                          n_classes=data.n_classes, init_scale=1.0)).to(device)
+    model = make_model(setup, data).to(device)
+    augment = None
+    if setup.crop_padding or setup.flip or setup.rotate_degrees:
+        augment = DeviceAugment(crop_padding=setup.crop_padding, flip=setup.flip,
+                                rotate_degrees=setup.rotate_degrees, fill=data.fill)
     task = Task(model=model, train_x=x, train_y=train_y, eval_sets=eval_sets, id_layers=model.id_layers,
-                llid_layer=model.llid_layer)
+                llid_layer=model.llid_layer, augment=augment)
     return task, train_cfg
 
 
-def linear_layers(model: torch.nn.Module) -> list[str]:
-    """The model's linear layers in forward order (``fc1``, ``fc2``, ...): the units of rewinding."""
-    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+def weight_layers(model: torch.nn.Module) -> list[str]:
+    """The model's top-level modules that hold weights, in forward order (the MLP's ``fc1``, ``fc2``, ...; VGG-16's
+    ``conv1``-``conv13``, ``fc1``-``fc3``): the units of rewinding. Both models register them in forward order."""
+    return [name for name, module in model.named_children() if any(True for _ in module.parameters())]
 
 
 def rewound(final: dict, early: dict, rewind: list[str]) -> dict:
@@ -145,8 +200,8 @@ def rewound(final: dict, early: dict, rewind: list[str]) -> dict:
 
 
 def rewind_sets(layers: list[str]) -> list[list[str]]:
-    """The layer sets rewound: every suffix (``fc<l>`` and after: the paper's grid) and every proper prefix (up to
-    ``fc<l>``: rewinding the first layers only)."""
+    """The layer sets rewound: every suffix (the l-th layer and after: the paper's grid) and every proper prefix (up
+    to the l-th: rewinding the first layers only)."""
     suffixes = [layers[i:] for i in range(len(layers))]
     prefixes = [layers[:i] for i in range(1, len(layers))]
     return suffixes + prefixes
@@ -164,13 +219,13 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 
 def rewinding_grid(run: Run, task: Task, eval_batch_size: int) -> pd.DataFrame:
     """Test accuracy of the final model with a set of layers rewound to each snapshot, for every suffix and prefix
-    of the linear layers (:func:`rewind_sets`) and every snapshot: rows ``step``, ``first_layer``, ``last_layer``
+    of the weight layers (:func:`rewind_sets`) and every snapshot: rows ``step``, ``first_layer``, ``last_layer``
     (the rewound range), ``val_acc``. ``task`` is the run's rebuilt task."""
     steps = run.snapshot_steps()
     if not steps:
         raise FileNotFoundError(f"{run.path} has no snapshots; rewinding needs snapshot_every >= 1")
     final = run.load_snapshot(steps[-1])
-    layers = linear_layers(task.model)
+    layers = weight_layers(task.model)
     x, y = task.eval_sets["val"]
     rows = []
     for step in steps:
