@@ -13,10 +13,14 @@ writes one run directory per grid point under ``runs/<experiment>``. In this ord
    ones they started with (or ``--restart`` sets them aside and starts again).
 
 ``--shard i/n`` runs every n-th grid point; ``--jobs n`` starts n such shard processes (each with
-cores/n threads: on 2 CPU cores two single-threaded runs beat one two-threaded run for these small
-models; on one GPU several processes overlap their kernel launches). The parent draws one overall
-bar and one line per shard, forwards Ctrl-C/SIGTERM to the shards and waits for them; a shard
+cores/n threads, or ``--threads``: on 2 CPU cores two single-threaded runs beat one two-threaded run for
+these small models; on one GPU several processes overlap their kernel launches). The parent draws one
+overall bar and one line per shard, forwards Ctrl-C/SIGTERM to the shards and waits for them; a shard
 whose parent dies stops.
+
+``--launcher slurm`` (or ``launcher: {name: slurm}`` in ``params.yaml``) submits the unfinished grid points
+as a SLURM job array instead (:mod:`actid.slurm`); ``--no-wait`` returns after submitting, ``--status``
+reports where every grid point stands.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -96,13 +101,14 @@ def _threads(jobs: int) -> int:
 
 
 def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict | None = None, *,
-         restart: bool = False, threads: int | None = None, shard: tuple[int, int] = (0, 1)
-         ) -> tuple[list[Planned], list[Run]]:
+         restart: bool = False, threads: int | None = None, shard: tuple[int, int] = (0, 1),
+         busy: set[str] = frozenset()) -> tuple[list[Planned], list[Run]]:
     """Validate every point and classify every run directory; touches no file.
 
     Returns the grid's runs and the stale runs to set aside (this experiment's runs not in the grid).
     Runs of this ``shard`` are also checked for another writer and, if unfinished, for a change of
-    device, autocast or ``threads`` (the CPU thread count they will train with)."""
+    device, autocast or ``threads`` (the CPU thread count they will train with), except those in ``busy``
+    (a SLURM job of an earlier submission is still on them)."""
     module = importlib.import_module(EXPERIMENTS[experiment])
     fixed, points = sweep_points(params, experiment, profile)
     configs = []
@@ -128,7 +134,7 @@ def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict
                                 "another --out (actid never writes into a folder it did not create)")
                 continue
             action = "restart" if not run.same_identity(config) else "skip" if run.is_finished else "resume"
-        if action == "resume" and mine:
+        if action == "resume" and mine and run.name not in busy:
             if run.is_locked():
                 problems.append(f"{run.path} is being written by another process (another sweep or dvc repro?); "
                                 "wait for it or stop it")
@@ -205,10 +211,10 @@ def prepare(experiment: str, params: dict, profile: str, overrides: dict) -> Non
         module.prepare([module.resolve({**fixed, **p, **overrides}) for p in points])
 
 
-def run_jobs(jobs: int, argv: list[str], n_runs: int, desc: str) -> None:
+def run_jobs(jobs: int, argv: list[str], n_runs: int, desc: str, threads: int | None = None) -> None:
     """Run ``jobs`` shard processes of this command; forward SIGINT/SIGTERM to them and wait; fail if any fails."""
     argv = [a for i, a in enumerate(argv) if not a.startswith("--jobs") and not (i and argv[i - 1] == "--jobs")]
-    threads = str(_threads(jobs))
+    threads = str(threads or _threads(jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1",
            "ACTID_PARENT_PID": str(os.getpid())}
     monitor = ShardMonitor(jobs, n_runs, desc)
@@ -278,6 +284,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "start them again")
     parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="override a run config key for every run, e.g. --set device=cuda")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per run (local default: cores / jobs; "
+                        "slurm default: cpus-per-task); results are reproducible for a fixed thread count")
+    parser.add_argument("--launcher", choices=["local", "slurm"],
+                        help="where runs train (default: params.yaml launcher.name, else local)")
+    slurm = parser.add_argument_group("slurm launcher (defaults: params.yaml launcher.slurm, see actid/slurm.py)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--gpus-per-node", type=int)
+    slurm.add_argument("--cpus-per-task", type=int)
+    slurm.add_argument("--mem-gb", type=float)
+    slurm.add_argument("--time-min", type=int, help="time limit per task; longer runs are checkpointed and requeued")
+    slurm.add_argument("--array-parallelism", type=int, help="at most this many tasks at once")
+    slurm.add_argument("--signal-delay-s", type=int, help="time-limit warning (SIGUSR2) this many seconds before it")
+    slurm.add_argument("--sbatch", nargs="*", action="extend", default=[], metavar="FLAG=VALUE",
+                       help="further sbatch flags, e.g. --sbatch account=abc qos=high")
+    slurm.add_argument("--no-wait", action="store_true", help="return once submitted (see --status)")
+    slurm.add_argument("--status", action="store_true", help="report every grid point's state; submit nothing")
     args = parser.parse_args(argv)
     _experiment_from_set(parser, args)
     return args
@@ -289,16 +311,27 @@ def main(argv: list[str] | None = None) -> None:
     profile = args.profile or params["profile"]
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     out = args.out or Path("runs") / args.experiment
+    launcher = args.launcher or (params.get("launcher") or {}).get("name", "local")
+    if launcher == "slurm":
+        return slurm_main(args, params, profile, overrides, out)
+    if launcher != "local":
+        raise SystemExit(f"params.yaml launcher.name must be local or slurm, got {launcher!r}")
+    if args.status or args.no_wait:
+        raise SystemExit("--status and --no-wait belong to the slurm launcher; add --launcher slurm")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     # SIGTERM unwinds like Ctrl-C, so temporary files are removed and locks released
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         if args.jobs > 1:
             planned, stale = plan(args.experiment, params, out, profile, overrides, restart=args.restart,
-                                  threads=_threads(args.jobs))
+                                  threads=args.threads or _threads(args.jobs))
             tidy(planned, stale, out, profile)
             prepare(args.experiment, params, profile, overrides)
             shard_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--restart"]
-            return run_jobs(args.jobs, shard_argv, len(planned), f"{args.experiment}/{profile}")
+            return run_jobs(args.jobs, shard_argv, len(planned), f"{args.experiment}/{profile}", args.threads)
         sharded = "ACTID_PARENT_PID" in os.environ
         if sharded:
             _stop_when_orphaned(int(os.environ["ACTID_PARENT_PID"]))
@@ -312,6 +345,26 @@ def main(argv: list[str] | None = None) -> None:
                          "interrupted: finished runs and checkpoints are kept; rerun the same command to resume") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+def slurm_main(args: argparse.Namespace, params: dict, profile: str, overrides: dict, out: Path) -> None:
+    """``--launcher slurm``: submit (and follow) the unfinished grid points, or report them (``--status``)."""
+    from actid import slurm
+    try:
+        if args.status:
+            slurm.print_status(args.experiment, params, out, profile, overrides)
+            return
+        sbatch = dict(s.split("=", 1) if "=" in s else (s, "") for s in args.sbatch)
+        cli = {"partition": args.partition, "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task,
+               "mem_gb": args.mem_gb, "time_min": args.time_min, "array_parallelism": args.array_parallelism,
+               "signal_delay_s": args.signal_delay_s, "threads": args.threads}
+        options = slurm.SlurmOptions.from_params(params, cli)
+        if sbatch:
+            options.sbatch = {**options.sbatch, **sbatch}
+        slurm.submit(args.experiment, params, out, profile, overrides, options, wait=not args.no_wait,
+                     restart=args.restart)
+    except (InvalidSweep, ValueError) as err:  # a user's mistake, found before any submission: no traceback
+        raise SystemExit(f"nothing was changed: {err}") from None
+
 
 if __name__ == "__main__":
     main()

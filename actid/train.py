@@ -310,22 +310,28 @@ def check_resume(run_name: str, recorded: dict | None, current: dict) -> None:
         "moves the unfinished run aside first).")
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped at a step boundary on request, after saving a checkpoint there (resume continues exactly)."""
+
+
 def train(task: Task, cfg: TrainConfig, run_dir: str | Path | Run, *, progress: bool | Callable = True,
-          stop_after: int | None = None) -> pd.DataFrame:
+          stop_after: int | None = None, interrupt: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Train ``task`` under ``cfg``, writing rows to ``run_dir``; resume if it holds a checkpoint.
 
     ``progress``: True for a tqdm bar, False for none, or a callable ``progress(step, total)``.
     ``stop_after`` stops (as if killed) once that step is reached; used to test resuming.
+    ``interrupt`` is asked after every step (and evaluation); when it says True, the state is checkpointed at that
+    step and :class:`TrainingInterrupted` raised (a SLURM job warned of its time limit uses this).
     Returns the metrics table.
     """
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     with run.lock():
         if run.is_finished:
             return run.read_metrics()
-        return _train_locked(task, cfg, run, progress, stop_after)
+        return _train_locked(task, cfg, run, progress, stop_after, interrupt)
 
 
-def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after) -> pd.DataFrame:
+def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after, interrupt) -> pd.DataFrame:
     device = resolve_device(cfg.device)
     measures = build_measures(cfg.measures, cfg.seed)
     probes = probe_sets(task, build_probes(cfg.probes, cfg.seed))
@@ -361,6 +367,15 @@ def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after) 
     if run.config_path.exists():
         run.record_runtime(now)
 
+    def save_checkpoint():
+        # it holds the rows: the source of truth that metrics.csv is restored from on resume
+        run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "sampler": sampler.state_dict(), "aug_generator": aug_gen.get_state(),
+                             "cpu_rng": torch.get_rng_state(),
+                             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                             "step": step, "elapsed": elapsed + time.perf_counter() - started, "rows": rows,
+                             "runtime": now})
+
     all_evals = evaluation_steps(cfg)
     eval_steps = [s for s in all_evals if s > step or (s == 0 and not rows)]
     started = time.perf_counter()
@@ -386,6 +401,10 @@ def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after) 
                 bar.update(1)
                 if report:
                     report(step, cfg.steps)
+                if interrupt is not None and step < target and interrupt():
+                    save_checkpoint()
+                    bar.close()
+                    raise TrainingInterrupted(f"{run.name}: interrupted at step {step}; checkpoint saved")
         index, last = all_evals.index(step), step == cfg.steps
         row = {schema.STEP: step, schema.LEARNING_RATE: cfg.lr * lr_factor(max(step - 1, 0), cfg),
                **evaluate(task, cfg, measures, probes, step, index, last)}
@@ -394,20 +413,18 @@ def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after) 
                                                                           schema.LLID)})
         if cfg.snapshot_every and (index % cfg.snapshot_every == 0 or last):
             run.save_snapshot(step, model.state_dict())
-        seconds = elapsed + time.perf_counter() - started
         # the checkpoint (which holds the rows) first: a kill between the two leaves metrics.csv one row short,
         # which a resume restores from the checkpoint
-        run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "sampler": sampler.state_dict(), "aug_generator": aug_gen.get_state(),
-                             "cpu_rng": torch.get_rng_state(),
-                             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                             "step": step, "elapsed": seconds, "rows": rows, "runtime": now})
+        save_checkpoint()
         if last:
             break
         run.write_rows(rows)
         if stop_after is not None and step >= stop_after:
             bar.close()
             return pd.DataFrame(rows)
+        if interrupt is not None and interrupt():
+            bar.close()
+            raise TrainingInterrupted(f"{run.name}: interrupted after the evaluation at step {step}")
     bar.close()
     run.finish(rows, elapsed + time.perf_counter() - started)
     return pd.DataFrame(rows)
