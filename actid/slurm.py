@@ -20,21 +20,27 @@ state of each job; ``<out>`` and the Python environment must be on a filesystem 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import importlib
 import json
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from actid.runs import Run, atomic_write_text
+from actid.runs import Run, atomic_write_text, identity
 
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "RESIZING",
-          "SUSPENDED", "SIGNALING", "STAGE_OUT", "UNKNOWN"}
-"""SLURM job states of a job that may still write its run (UNKNOWN: just submitted, not yet in the accounting)."""
+WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "SUSPENDED", "RESV_DEL_HOLD"}
+"""SLURM states of a job that will (or may, once released) run again: not a failure, and not to be resubmitted."""
+ACTIVE = WAITING | {"RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "UNKNOWN"}
+"""SLURM states of a job that may still write its run (UNKNOWN: not yet in the accounting, see UNKNOWN_GRACE_S)."""
+UNKNOWN_GRACE_S = 600
+"""How long a job may be missing from SLURM's accounting after its submission before it counts as lost."""
 ALIVE = ("submitted", "pending", "running")
 """A run's states (:class:`RunState`) while its job is alive."""
 STATE_DIR = ".slurm"
@@ -51,7 +57,7 @@ class SlurmOptions:
     time_min: int = 60  # time limit of one task; a longer run is checkpointed and requeued
     array_parallelism: int = 64  # at most this many tasks of the array at once
     threads: int | None = None  # torch CPU threads per run (None: cpus_per_task)
-    signal_delay_s: int = 120  # SIGUSR2 this long before the time limit: enough to finish an evaluation
+    signal_delay_s: int = 300  # SIGUSR2 this long before the time limit: longer than one evaluation takes
     max_requeues: int = 20  # how often a run may be requeued at its time limit
     sbatch: dict = field(default_factory=dict)  # further sbatch flags, e.g. {account: abc, qos: high}
 
@@ -64,6 +70,9 @@ class SlurmOptions:
                 raise ValueError(f"launcher option {key} must be an integer >= {least}, got {value!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"launcher option threads must be a positive integer, got {self.threads!r}")
+        if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, (int, float))
+                                        or self.mem_gb <= 0):
+            raise ValueError(f"launcher option mem_gb must be a positive number of GB (e.g. 32), got {self.mem_gb!r}")
         if not isinstance(self.sbatch, dict):
             raise ValueError(f"launcher option sbatch must be a mapping of flag: value, got {self.sbatch!r}")
         if self.signal_delay_s >= 60 * self.time_min:
@@ -98,22 +107,28 @@ class RunTask:
         from actid.sweep import EXPERIMENTS
         from actid.train import TrainingInterrupted, train
 
-        torch.set_num_threads(threads)
-        os.environ.setdefault("TQDM_MININTERVAL", "30")  # a bar line every 30 s in the job's log
-        run = Run(Path(out) / name)
-        if run.is_finished:
-            return "finished earlier"
-        run.write_config(config, {"experiment": experiment, "profile": profile})
-        module = importlib.import_module(EXPERIMENTS[experiment])
-        task, train_cfg = module.build(config)
         with _flags_on(signal.SIGUSR2, signal.SIGTERM) as (received, handover):
+            def stop(why: str):
+                if signal.SIGUSR2 in received:
+                    print(f"{why}; time limit near: handing over to submitit to requeue", flush=True)
+                    handover(signal.SIGUSR2)  # submitit requeues the job and exits
+                raise SystemExit(f"{why}; stopped by signal {received[0]}: rerun the sweep to resume")
+
+            torch.set_num_threads(threads)
+            run = Run(Path(out) / name)
+            if run.is_finished:
+                return "finished earlier"
+            run.write_config(config, {"experiment": experiment, "profile": profile})
+            module = importlib.import_module(EXPERIMENTS[experiment])
+            task, train_cfg = module.build(config)
+            if received:
+                stop(f"{name}: signalled before training started")
+            print(f"{name}: training" + (" (resuming from its checkpoint)" if run.checkpoint_path.exists() else ""),
+                  flush=True)
             try:
                 train(task, train_cfg, run, interrupt=lambda: bool(received))
             except TrainingInterrupted as err:
-                if signal.SIGUSR2 in received:
-                    print(f"{err}; time limit near: handing over to submitit to requeue", flush=True)
-                    handover(signal.SIGUSR2)  # submitit requeues the job and exits
-                raise SystemExit(f"{err}; stopped by signal {received[0]}: rerun the sweep to resume") from None
+                stop(str(err))
         return "trained"
 
     def checkpoint(self, *args, **kwargs):
@@ -159,12 +174,35 @@ def _write_jobs(out: Path, jobs: dict) -> None:
     atomic_write_text(_jobs_path(out), json.dumps(jobs, indent=1, sort_keys=True))
 
 
+@contextlib.contextmanager
+def _submitting(out: Path):
+    """One submission at a time per runs directory (two would submit the same runs and lose each other's ids)."""
+    path = out / STATE_DIR / "submit.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"nothing was changed: another submission to {out} is in progress (lock {path}); "
+                             "wait for it, or use --status") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def config_key(config: dict) -> str:
+    """A short fingerprint of a run's identity (what decides whether a directory holds this run)."""
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def executor(out: Path, options: SlurmOptions, experiment: str, cluster: str = "slurm"):
     """A submitit executor for this sweep's tasks (``cluster="local"``: processes on this machine, for tests)."""
     import submitit
     ex = submitit.AutoExecutor(folder=out / STATE_DIR / "logs", cluster=cluster,
                                slurm_max_num_timeout=options.max_requeues)
     ex.update_parameters(name=f"actid-{experiment}", timeout_min=options.time_min, cpus_per_task=options.cpus_per_task,
+                         slurm_setup=["export TQDM_MININTERVAL=30"],  # a progress line every 30 s in the log
                          gpus_per_node=options.gpus_per_node, slurm_array_parallelism=options.array_parallelism,
                          slurm_signal_delay_s=options.signal_delay_s,
                          slurm_additional_parameters={k.replace("-", "_"): v for k, v in options.sbatch.items()},
@@ -181,8 +219,44 @@ def job(out: Path, job_id: str, cluster: str = "slurm"):
 
 
 def job_state(handle) -> str:
-    """SLURM's state word (``CANCELLED by 0`` -> ``CANCELLED``)."""
+    """submitit's state word for a job (``CANCELLED by 0`` -> ``CANCELLED``)."""
     return str(handle.state).split()[0].upper()
+
+
+def _expand(job_id: str) -> list[str]:
+    """sacct's ``12_[0-2,5%4]`` -> ``12_0, 12_1, 12_2, 12_5``; other ids unchanged."""
+    if "_[" not in job_id:
+        return [job_id]
+    array, spec = job_id.split("_[", 1)
+    ids = []
+    for part in spec.rstrip("]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        ids += [f"{array}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return ids
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """The state of each job (array task ids like ``12_3``) from SLURM's accounting, in one ``sacct`` call; jobs it
+    does not list are missing. Raises a clear error when accounting does not answer (actid cannot then tell a dead
+    job from a live one)."""
+    if not job_ids:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        done = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise RuntimeError(f"sacct failed ({err}); the slurm launcher needs SLURM's accounting (slurmdbd)") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"sacct failed: {done.stderr.strip()}; the slurm launcher needs SLURM's accounting "
+                           "(slurmdbd) to tell a finished, cancelled or lost job from a running one")
+    found = {}
+    for line in done.stdout.splitlines():
+        if "|" in line:
+            job_id, state = line.split("|", 1)
+            for one in _expand(job_id.strip()):
+                found[one] = (state.split() or ["UNKNOWN"])[0].upper()
+    return found
 
 
 @dataclass
@@ -214,11 +288,28 @@ def last_step(run: Run) -> int | None:
         return None
 
 
+def _job_state(out: Path, job_id: str, cluster: str, accounted: dict, handles: dict | None = None) -> str:
+    """A job's state: from ``sacct``'s answer (``accounted``) on SLURM, from submitit on the local executor."""
+    if cluster == "slurm":
+        return accounted.get(job_id, "UNKNOWN")
+    return job_state((handles or {}).get(job_id) or job(out, job_id, cluster))
+
+
+def run_state(slurm_state: str, record: dict) -> str:
+    """An unfinished run's state from its job's SLURM state (see :class:`RunState`); a job still missing from the
+    accounting :data:`UNKNOWN_GRACE_S` after its submission counts as lost (failed)."""
+    if slurm_state == "UNKNOWN":
+        return "submitted" if time.time() - record.get("submitted_s", 0) <= UNKNOWN_GRACE_S else "failed"
+    return "failed" if slurm_state not in ACTIVE else "pending" if slurm_state in WAITING else "running"
+
+
 def states(out: Path, names: list[str], cluster: str = "slurm", handles: dict | None = None) -> list[RunState]:
     """The state of every named run, from its directory and its recorded job (the run directory decides
     ``finished``; SLURM's accounting decides whether an unfinished run's job is still alive). ``handles``: job
     id -> submitit job, for jobs submitted by this process."""
     jobs, result, handles = read_jobs(out), [], handles or {}
+    recorded = [jobs[n]["job_id"] for n in names if n in jobs and not Run(out / n).is_finished]
+    accounted = sacct_states(recorded) if cluster == "slurm" else {}
     for name in names:
         run, record = Run(out / name), jobs.get(name)
         if run.is_finished:
@@ -227,9 +318,8 @@ def states(out: Path, names: list[str], cluster: str = "slurm", handles: dict | 
         if record is None:
             result.append(RunState(name, "not submitted", step=last_step(run)))
             continue
-        slurm_state = job_state(handles.get(record["job_id"]) or job(out, record["job_id"], cluster))
-        state = ("failed" if slurm_state not in ACTIVE else "submitted" if slurm_state == "UNKNOWN"
-                 else "pending" if slurm_state.startswith(("PENDING", "REQUEUE")) else "running")
+        slurm_state = _job_state(out, record["job_id"], cluster, accounted, handles)
+        state = run_state(slurm_state, record)
         result.append(RunState(name, state, record["job_id"], slurm_state, last_step(run)))
     return result
 
@@ -248,36 +338,56 @@ def submit(experiment: str, params: dict, out: Path, profile: str, overrides: di
            wait: bool = True, restart: bool = False, cluster: str = "slurm", poll_s: float = 5.0) -> list[RunState]:
     """Plan like the local launcher, set stale runs aside, prepare the data, submit one array task per unfinished
     run that has no live job, record the job ids; then (``wait``) follow them to the end and report failures."""
-    from actid.sweep import plan, prepare, tidy
+    from actid.sweep import EXPERIMENTS, InvalidSweep, plan, prepare, run_name, sweep_points, tidy
 
     out = Path(out)
-    earlier = read_jobs(out)
-    live = {name for name, record in earlier.items()
-            if not Run(out / name).is_finished and job_state(job(out, record["job_id"], cluster)) in ACTIVE}
-    planned, stale = plan(experiment, params, out, profile, overrides, restart=restart,
-                          threads=options.run_threads, busy=live)
-    moving = sorted(live & ({p.name for p in planned if p.action == "restart"} | {r.name for r in stale}))
-    if moving:
-        raise SystemExit("nothing was changed: run(s) " + ", ".join(f"{n} (job {earlier[n]['job_id']})" for n in moving)
-                         + " would be set aside, but their jobs are still active; wait for them or scancel them")
-    tidy(planned, stale, out, profile)
-    prepare(experiment, params, profile, overrides)
-    todo = [p for p in planned if p.action != "skip" and p.name not in live]
-    if todo:
-        ex = executor(out, options, experiment, cluster)
-        handles = ex.map_array(RunTask(), *zip(*[(experiment, profile, str(out.resolve()), p.name, p.config,
-                                                  options.run_threads) for p in todo]))
-        now = time.strftime("%Y-%m-%dT%H:%M:%S")
-        earlier.update({p.name: {"job_id": h.job_id, "submitted": now} for p, h in zip(todo, handles)})
-        _write_jobs(out, earlier)
+    module = importlib.import_module(EXPERIMENTS[experiment])
+    fixed, points = sweep_points(params, experiment, profile)
+    for point in points:  # the grid is valid before anything is written (plan() below says the same, in detail)
+        try:
+            module.resolve({**fixed, **point, **overrides})
+        except (KeyError, ValueError, TypeError) as err:
+            raise InvalidSweep(f"grid point {run_name(point)} of {experiment}.{profile}: {err}") from None
+    with _submitting(out):
+        earlier = read_jobs(out)
+        unfinished = [n for n in earlier if not Run(out / n).is_finished]
+        accounted = sacct_states([earlier[n]["job_id"] for n in unfinished]) if cluster == "slurm" else {}
+        live = {n for n in unfinished
+                if run_state(_job_state(out, earlier[n]["job_id"], cluster, accounted), earlier[n]) in ALIVE}
+        node_device = "cuda" if options.gpus_per_node else "cpu"
+        planned, stale = plan(experiment, params, out, profile, overrides, restart=restart,
+                              threads=options.run_threads, busy=live, auto_device=node_device)
+        changed = {p.name for p in planned if p.action == "restart"} | {r.name for r in stale}
+        changed |= {p.name for p in planned
+                    if p.name in live and earlier[p.name].get("config") not in (None, config_key(p.config))}
+        moving = sorted(live & changed)
+        if moving:
+            raise SystemExit("nothing was changed: the config of run(s) " + ", ".join(
+                f"{n} (job {earlier[n]['job_id']})" for n in moving) + " changed or left the grid, but their jobs "
+                "are still active; wait for them or scancel them, then rerun")
+        tidy(planned, stale, out, profile)
+        prepare(experiment, params, profile, overrides)
+        todo = [p for p in planned if p.action != "skip" and p.name not in live]
+        handles = []
+        if todo:
+            ex = executor(out, options, experiment, cluster)
+            try:
+                handles = ex.map_array(RunTask(), *zip(*[(experiment, profile, str(out.resolve()), p.name, p.config,
+                                                          options.run_threads) for p in todo]))
+            finally:  # recorded even if interrupted right after sbatch answered
+                now = time.time()
+                earlier.update({p.name: {"job_id": h.job_id, "config": config_key(p.config), "submitted_s": now,
+                                         "submitted": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))}
+                                for p, h in zip(todo, handles)})
+                _write_jobs(out, earlier)
     names = [p.name for p in planned]
-    array = f" (array job {handles[0].job_id.split('_')[0]})" if todo else ""
+    array = f" (array job {handles[0].job_id.split('_')[0]})" if handles else ""
     print(f"{experiment}/{profile}: {len(todo)} run(s) submitted{array}, {len(live)} still running from before, "
           f"{sum(p.action == 'skip' for p in planned)} finished earlier; logs in {out / STATE_DIR / 'logs'}")
-    handles = {h.job_id: h for h in handles} if todo else {}
+    handles = {h.job_id: h for h in handles}
     if not wait:
-        print(f"check with: python -m actid.sweep {experiment} --launcher slurm --status"
-              + (f" --out {out}" if out != Path("runs") / experiment else ""))
+        print("check with the same command plus --status (e.g. python -m actid.sweep "
+              f"{experiment} --launcher slurm --status ...)")
         return states(out, names, cluster, handles)
     return follow(out, names, cluster, poll_s, f"{experiment}/{profile}", handles)
 

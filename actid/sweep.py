@@ -102,13 +102,14 @@ def _threads(jobs: int) -> int:
 
 def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict | None = None, *,
          restart: bool = False, threads: int | None = None, shard: tuple[int, int] = (0, 1),
-         busy: set[str] = frozenset()) -> tuple[list[Planned], list[Run]]:
+         busy: set[str] = frozenset(), auto_device: str | None = None) -> tuple[list[Planned], list[Run]]:
     """Validate every point and classify every run directory; touches no file.
 
     Returns the grid's runs and the stale runs to set aside (this experiment's runs not in the grid).
     Runs of this ``shard`` are also checked for another writer and, if unfinished, for a change of
     device, autocast or ``threads`` (the CPU thread count they will train with), except those in ``busy``
-    (a SLURM job of an earlier submission is still on them)."""
+    (a SLURM job of an earlier submission is still on them). ``auto_device`` is what ``device: auto`` will mean
+    where the runs train (the SLURM launcher's nodes), if not this machine."""
     module = importlib.import_module(EXPERIMENTS[experiment])
     fixed, points = sweep_points(params, experiment, profile)
     configs = []
@@ -140,7 +141,8 @@ def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict
                                 "wait for it or stop it")
                 continue
             try:
-                check_resume(run.name, run.runtime(), runtime(resolve_device(config["device"]), config["amp"], threads))
+                device = auto_device if config["device"] == "auto" and auto_device else config["device"]
+                check_resume(run.name, run.runtime(), runtime(resolve_device(device), config["amp"], threads))
             except ResumeMismatchError as err:
                 if not restart:
                     problems.append(str(err))
@@ -353,16 +355,18 @@ def slurm_main(args: argparse.Namespace, params: dict, profile: str, overrides: 
         if args.status:
             slurm.print_status(args.experiment, params, out, profile, overrides)
             return
-        sbatch = dict(s.split("=", 1) if "=" in s else (s, "") for s in args.sbatch)
         cli = {"partition": args.partition, "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task,
                "mem_gb": args.mem_gb, "time_min": args.time_min, "array_parallelism": args.array_parallelism,
                "signal_delay_s": args.signal_delay_s, "threads": args.threads}
         options = slurm.SlurmOptions.from_params(params, cli)
-        if sbatch:
-            options.sbatch = {**options.sbatch, **sbatch}
+        # --sbatch exclusive: a flag without a value
+        options.sbatch = {**options.sbatch, **dict(s.split("=", 1) if "=" in s else (s, True) for s in args.sbatch)}
+    except (InvalidSweep, ValueError) as err:  # a user's mistake, found before any submission: no traceback
+        raise SystemExit(f"nothing was changed: {err}") from None
+    try:
         slurm.submit(args.experiment, params, out, profile, overrides, options, wait=not args.no_wait,
                      restart=args.restart)
-    except (InvalidSweep, ValueError) as err:  # a user's mistake, found before any submission: no traceback
+    except InvalidSweep as err:  # raised by the planning, before any file changes
         raise SystemExit(f"nothing was changed: {err}") from None
 
 

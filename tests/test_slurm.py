@@ -23,7 +23,8 @@ from actid.train import TrainingInterrupted, train
 
 TINY = {"p": 13, "train_fraction": 0.5, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32,
         "steps": 12, "eval_every": 4, "measures": {"id": {"options": {"n_resamples": 3}}}, "device": "cpu"}
-LONG = {**TINY, "steps": 3000, "eval_every": 500}  # ~30 s on one thread: long enough to be interrupted
+LONG = {**TINY, "steps": 3000, "eval_every": 500}  # ~25 s on one thread: long enough to be cancelled midway
+LONGER = {**TINY, "steps": 14000, "eval_every": 1000}  # ~100 s: outlasts SLURM's time-limit warning window
 GEOMETRY = {"train_images": 300, "width": 16, "epochs": 2, "eval_log_points": 2, "device": "cpu",
             "measures": {"id": {"probe": "val", "estimator": "twonn"}}}
 
@@ -100,6 +101,17 @@ def test_launcher_options_come_from_params_then_the_command_line_and_are_checked
         slurm.SlurmOptions(cpus_per_task=0)
     with pytest.raises(ValueError, match="signal_delay_s 120 must be shorter than the time limit"):
         slurm.SlurmOptions(time_min=2, signal_delay_s=120)
+
+
+def test_job_states_from_sacct_ids_and_the_grace_for_jobs_missing_from_the_accounting():
+    assert slurm._expand("12_[0-2,5%4]") == ["12_0", "12_1", "12_2", "12_5"] and slurm._expand("12_3") == ["12_3"]
+    just_now, long_ago = {"submitted_s": time.time()}, {"submitted_s": time.time() - 2 * slurm.UNKNOWN_GRACE_S}
+    assert [slurm.run_state(s, just_now) for s in ("UNKNOWN", "PENDING", "PREEMPTED", "RUNNING", "CANCELLED",
+                                                   "TIMEOUT", "NODE_FAIL", "COMPLETED")] == \
+        ["submitted", "pending", "pending", "running", "failed", "failed", "failed", "failed"]
+    assert slurm.run_state("UNKNOWN", long_ago) == "failed"  # lost: resubmitted by the next run of the command
+    with pytest.raises(ValueError, match="mem_gb must be a positive number"):
+        slurm.SlurmOptions(mem_gb="16G")
 
 
 def test_signal_flags_record_and_always_restore_the_previous_handlers():
@@ -198,6 +210,9 @@ def test_a_cancelled_task_is_detected_and_the_rerun_resumes_it(tmp_path, cluster
     out, run = tmp_path / "runs", Run(tmp_path / "runs" / "weight_decay=0.1")
     sweep("grokking", "--params", params, "--launcher", "slurm", "--threads", 1, "--out", out, "--no-wait")
     first = slurm.read_jobs(out)[run.name]["job_id"]
+    again = sweep("grokking", "--params", params, "--launcher", "slurm", "--threads", 1, "--out", out, "--no-wait")
+    assert "0 run(s) submitted" in again.output and "1 still running from before" in again.output
+    assert slurm.read_jobs(out)[run.name]["job_id"] == first  # waited on, not submitted twice
     wait_until(lambda: (slurm.last_step(run) or 0) >= 500, 120, "the first evaluations")
     subprocess.run(["scancel", first], check=True)
     wait_until(lambda: "CANCELLED" in sacct(first) and not run.is_locked(), 60, "the cancelled task to stop")
@@ -212,18 +227,37 @@ def test_a_cancelled_task_is_detected_and_the_rerun_resumes_it(tmp_path, cluster
 
 
 @pytest.mark.slurm
-def test_a_task_at_its_time_limit_checkpoints_and_is_requeued(tmp_path, cluster, long_local):
-    """A 1-minute limit with the warning 45 s before it: the task checkpoints, submitit requeues it, the requeued
-    task resumes (SLURM holds a requeued job about 2 minutes before it may start again)."""
-    params = write_params(tmp_path / "params.yaml", "grokking", LONG, {"weight_decay": [0.1]})
+def test_a_task_at_its_time_limit_checkpoints_and_is_requeued(tmp_path, cluster):
+    """A 2-minute limit with the warning 75 s before it, on a ~100 s run. SLURM checks time limits about every 30 s,
+    so the warning comes 15-75 s into the task: always during training. The task checkpoints at that step and
+    submitit requeues it; the test then lifts the requeued job's limit and SLURM's ~2-minute hold on requeued jobs,
+    so it finishes in one more attempt. The rerun of the command waits for it, and the result equals the
+    uninterrupted run's (trained by the local launcher alongside, on the other core)."""
+    params = write_params(tmp_path / "params.yaml", "grokking", LONGER, {"weight_decay": [0.1]})
     out, run = tmp_path / "runs", Run(tmp_path / "runs" / "weight_decay=0.1")
-    sweep("grokking", "--params", params, "--launcher", "slurm", "--threads", 1, "--out", out, "--time-min", 1,
-          "--signal-delay-s", 45)
+    command = ["grokking", "--params", params, "--launcher", "slurm", "--threads", 1, "--out", out, "--time-min", 2,
+               "--signal-delay-s", 75]
+    sweep(*command, "--no-wait")
+    local = subprocess.Popen([sys.executable, "-m", "actid.sweep", "grokking", "--params", params, "--threads", "1",
+                              "--out", tmp_path / "local"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     job_id = slurm.read_jobs(out)[run.name]["job_id"]
-    log = next((out / ".slurm" / "logs").glob(f"{job_id}_*_log.out")).read_text().replace("\r", "\n")
-    assert "time limit near: handing over to submitit to requeue" in log and "Requeued job" in log
-    assert "REQUEUED" in sacct(job_id) and "COMPLETED" in sacct(job_id)
-    assert run.metrics_path.read_bytes() == long_local
+    log_path = out / ".slurm" / "logs" / f"{job_id}_0_log.out"
+    log = lambda: log_path.read_text().replace("\r", "\n") if log_path.exists() else ""  # noqa: E731
+    wait_until(lambda: "Requeued job" in log(), 150, "the time-limit warning and the requeue")
+    first_attempt = log().split("Requeued job")[0]
+    assert f"{run.name}: training" in first_attempt
+    assert "time limit near: handing over to submitit to requeue" in first_attempt
+    squeue = ["squeue", "-h", "-j", job_id, "-o", "%T"]
+    wait_until(lambda: subprocess.run(squeue, capture_output=True, text=True).stdout.strip() == "PENDING", 60,
+               "the requeued job to be pending")
+    for change in ("TimeLimit=10", "StartTime=now"):
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", change], check=True)
+    done = sweep(*command)
+    assert "0 run(s) submitted" in done.output and "1 still running from before" in done.output
+    assert run.is_finished and "REQUEUED" in sacct(job_id) and "COMPLETED" in sacct(job_id)
+    assert f"{run.name}: training (resuming from its checkpoint)" in log().split("Requeued job")[1]
+    assert local.wait(timeout=300) == 0
+    assert run.metrics_path.read_bytes() == (tmp_path / "local" / run.name / "metrics.csv").read_bytes()
 
 
 @pytest.mark.slurm
@@ -232,7 +266,7 @@ def test_no_wait_then_status_reports_the_states_the_waiting_command_reports(tmp_
     out = tmp_path / "runs"
     submitted = sweep("geometry", "--params", params, "--launcher", "slurm", "--threads", 1, "--out", out,
                       "--no-wait").output
-    assert "check with: python -m actid.sweep geometry --launcher slurm --status" in submitted
+    assert "check with the same command plus --status" in submitted
 
     def settled():
         text = sweep("geometry", "--params", params, "--launcher", "slurm", "--out", out, "--status").output

@@ -111,11 +111,14 @@ def resolve(config: dict) -> dict:
     if setup.dataset not in MODELS[setup.model]["datasets"]:
         raise ValueError(f"dataset {setup.dataset!r} does not fit model {setup.model!r}; "
                          f"choose one of {MODELS[setup.model]['datasets']}")
+    if setup.crop_padding < 0 or setup.rotate_degrees < 0:
+        raise ValueError(f"crop_padding and rotate_degrees must be >= 0, got {setup.crop_padding!r}, "
+                         f"{setup.rotate_degrees!r}")
     augments = setup.crop_padding or setup.flip or setup.rotate_degrees
     if setup.model == "mlp" and augments:
         raise ValueError("crop_padding, flip and rotate_degrees augment images: set them with model: vgg16 only")
-    merged = {**REFERENCE, "measures": default_measures(measured_layers(setup)), **config,
-              "width": setup.width or MODELS[setup.model]["width"]}
+    width = MODELS[setup.model]["width"] if setup.width is None else setup.width
+    merged = {**REFERENCE, "measures": default_measures(measured_layers(setup)), **config, "width": width}
     setup, train_cfg = pick(GeometrySetup, merged), pick(TrainConfig, merged)
     if setup.model == "mlp":
         GrokkingMLPConfig(width=setup.width, depth=setup.depth, init_scale=1.0)
