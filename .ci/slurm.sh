@@ -113,7 +113,7 @@ stop_pid() {  # stop_pid NAME PIDFILE: SIGTERM the process in PIDFILE and wait f
     [ -s "$file" ] || return 0
     pid=$(cat "$file")
     # a stale pid file may name a process that is not ours any more: only signal the daemon it names
-    if kill -0 "$pid" 2>/dev/null && grep -q "$name" "/proc/$pid/comm" 2>/dev/null; then
+    if kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]; then
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
         echo "slurm.sh: $name (pid $pid) ignored SIGTERM for 30 s; killing it" >&2
@@ -126,6 +126,10 @@ down() {
     if [ -s "$dir/slurmctld.pid" ]; then  # this cluster's jobs first, so no task outlives it
         SLURM_CONF="$dir/slurm.conf" squeue -h -o %A 2>/dev/null | xargs -r env SLURM_CONF="$dir/slurm.conf" scancel \
             2>/dev/null || true
+        for _ in $(seq 150); do  # up to 30 s for the cancelled tasks to end
+            [ -z "$(SLURM_CONF="$dir/slurm.conf" squeue -h -o %A 2>/dev/null)" ] && break
+            sleep 0.2
+        done
     fi
     stop_pid slurmd "$dir/slurmd.pid"
     stop_pid slurmctld "$dir/slurmctld.pid"

@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from actid.runs import Run, atomic_write_text, identity
 
-WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "SUSPENDED", "RESV_DEL_HOLD"}
-"""SLURM states of a job that will (or may, once released) run again: not a failure, and not to be resubmitted."""
+WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
+"""SLURM states of a job that will (or may, once released) run again: not a failure, and not to be resubmitted.
+(PREEMPTED is final: a pre-empted job that SLURM requeues shows up as PENDING again.)"""
 ACTIVE = WAITING | {"RUNNING", "CONFIGURING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "UNKNOWN"}
 """SLURM states of a job that may still write its run (UNKNOWN: not yet in the accounting, see UNKNOWN_GRACE_S)."""
 UNKNOWN_GRACE_S = 600
@@ -202,7 +203,9 @@ def executor(out: Path, options: SlurmOptions, experiment: str, cluster: str = "
     ex = submitit.AutoExecutor(folder=out / STATE_DIR / "logs", cluster=cluster,
                                slurm_max_num_timeout=options.max_requeues)
     ex.update_parameters(name=f"actid-{experiment}", timeout_min=options.time_min, cpus_per_task=options.cpus_per_task,
-                         slurm_setup=["export TQDM_MININTERVAL=30"],  # a progress line every 30 s in the log
+                         slurm_setup=["export TQDM_MININTERVAL=30"]  # a progress line every 30 s in the log
+                         # no GPU asked for: none visible, so `device: auto` trains on the CPU as planned
+                         + ([] if options.gpus_per_node else ["export CUDA_VISIBLE_DEVICES="]),
                          gpus_per_node=options.gpus_per_node, slurm_array_parallelism=options.array_parallelism,
                          slurm_signal_delay_s=options.signal_delay_s,
                          slurm_additional_parameters={k.replace("-", "_"): v for k, v in options.sbatch.items()},
@@ -348,6 +351,8 @@ def submit(experiment: str, params: dict, out: Path, profile: str, overrides: di
             module.resolve({**fixed, **point, **overrides})
         except (KeyError, ValueError, TypeError) as err:
             raise InvalidSweep(f"grid point {run_name(point)} of {experiment}.{profile}: {err}") from None
+    if out.exists() and not out.is_dir():
+        raise InvalidSweep(f"--out {out} is a file; name a directory for the runs")
     with _submitting(out):
         earlier = read_jobs(out)
         unfinished = [n for n in earlier if not Run(out / n).is_finished]
@@ -374,7 +379,7 @@ def submit(experiment: str, params: dict, out: Path, profile: str, overrides: di
             try:
                 handles = ex.map_array(RunTask(), *zip(*[(experiment, profile, str(out.resolve()), p.name, p.config,
                                                           options.run_threads) for p in todo]))
-            finally:  # recorded even if interrupted right after sbatch answered
+            finally:  # what was submitted is recorded, whatever happens next
                 now = time.time()
                 earlier.update({p.name: {"job_id": h.job_id, "config": config_key(p.config), "submitted_s": now,
                                          "submitted": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))}
@@ -397,9 +402,19 @@ def follow(out: Path, names: list[str], cluster: str = "slurm", poll_s: float = 
     """Poll until no run's job is active, with a bar of finished runs and a line per change of state; then report
     every failed run with its job id, grid point, log tail and log path, and fail if there was one."""
     seen: dict[str, str] = {}
+    failures = 0
     with tqdm(total=len(names), desc=desc, unit="run", dynamic_ncols=True) as bar:
         while True:
-            now = states(out, names, cluster, handles)
+            try:
+                now = states(out, names, cluster, handles)
+                failures = 0
+            except RuntimeError as err:  # sacct did not answer this time (slurmdbd restarting, overloaded, ...)
+                failures += 1
+                if failures > 10:
+                    raise
+                tqdm.write(f"{err}; retrying in {poll_s:.0f} s (the jobs are unaffected)")
+                time.sleep(poll_s)
+                continue
             for s in now:
                 if seen.get(s.name) != s.state + str(s.slurm_state):
                     seen[s.name] = s.state + str(s.slurm_state)

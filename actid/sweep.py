@@ -353,7 +353,10 @@ def slurm_main(args: argparse.Namespace, params: dict, profile: str, overrides: 
     from actid import slurm
     try:
         if args.status:
-            slurm.print_status(args.experiment, params, out, profile, overrides)
+            try:
+                slurm.print_status(args.experiment, params, out, profile, overrides)
+            except RuntimeError as err:
+                raise SystemExit(str(err)) from None
             return
         cli = {"partition": args.partition, "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task,
                "mem_gb": args.mem_gb, "time_min": args.time_min, "array_parallelism": args.array_parallelism,
@@ -368,6 +371,9 @@ def slurm_main(args: argparse.Namespace, params: dict, profile: str, overrides: 
                      restart=args.restart)
     except InvalidSweep as err:  # raised by the planning, before any file changes
         raise SystemExit(f"nothing was changed: {err}") from None
+    except RuntimeError as err:  # sacct does not answer: say so, without a traceback
+        raise SystemExit(f"{err}. Submitted jobs (if any) are recorded in {out / slurm.STATE_DIR / 'jobs.json'}; "
+                         "once SLURM answers, rerun the same command (with --status to look first)") from None
 
 
 if __name__ == "__main__":
