@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import json
 import os
 import signal
@@ -105,7 +104,7 @@ class RunTask:
     def __call__(self, experiment: str, profile: str, out: str, name: str, config: dict, threads: int) -> str:
         import torch
 
-        from actid.sweep import EXPERIMENTS
+        from actid.sweep import build_run
         from actid.train import TrainingInterrupted, train
 
         with _flags_on(signal.SIGUSR2, signal.SIGTERM) as (received, handover):
@@ -119,9 +118,7 @@ class RunTask:
             run = Run(Path(out) / name)
             if run.is_finished:
                 return "finished earlier"
-            run.write_config(config, {"experiment": experiment, "profile": profile})
-            module = importlib.import_module(EXPERIMENTS[experiment])
-            task, train_cfg = module.build(config)
+            task, train_cfg = build_run(experiment, profile, run, config)
             if received:
                 stop(f"{name}: signalled before training started")
             print(f"{name}: training" + (" (resuming from its checkpoint)" if run.checkpoint_path.exists() else ""),
@@ -341,16 +338,10 @@ def submit(experiment: str, params: dict, out: Path, profile: str, overrides: di
            wait: bool = True, restart: bool = False, cluster: str = "slurm", poll_s: float = 5.0) -> list[RunState]:
     """Plan like the local launcher, set stale runs aside, prepare the data, submit one array task per unfinished
     run that has no live job, record the job ids; then (``wait``) follow them to the end and report failures."""
-    from actid.sweep import EXPERIMENTS, InvalidSweep, plan, prepare, run_name, sweep_points, tidy
+    from actid.sweep import InvalidSweep, plan, prepare, resolve_grid, tidy
 
     out = Path(out)
-    module = importlib.import_module(EXPERIMENTS[experiment])
-    fixed, points = sweep_points(params, experiment, profile)
-    for point in points:  # the grid is valid before anything is written (plan() below says the same, in detail)
-        try:
-            module.resolve({**fixed, **point, **overrides})
-        except (KeyError, ValueError, TypeError) as err:
-            raise InvalidSweep(f"grid point {run_name(point)} of {experiment}.{profile}: {err}") from None
+    resolve_grid(experiment, params, profile, overrides)  # a bad grid fails before the lock below is created
     if out.exists() and not out.is_dir():
         raise InvalidSweep(f"--out {out} is a file; name a directory for the runs")
     with _submitting(out):

@@ -100,6 +100,28 @@ def _threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def resolve_grid(experiment: str, params: dict, profile: str, overrides: dict | None = None
+                 ) -> tuple[list[dict], list[dict]]:
+    """The profile's grid points and their resolved run configs, or :class:`InvalidSweep` naming the bad point."""
+    module = importlib.import_module(EXPERIMENTS[experiment])
+    fixed, points = sweep_points(params, experiment, profile)
+    configs = []
+    for point in points:
+        try:
+            configs.append(module.resolve({**fixed, **point, **(overrides or {})}))
+        except (KeyError, ValueError, TypeError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError quotes its text
+            raise InvalidSweep(f"grid point {run_name(point)} of {experiment}.{profile}: {message}") from None
+    return points, configs
+
+
+def build_run(experiment: str, profile: str, run: Run, config: dict):
+    """Write the run's ``config.json`` (or check the one there) and build its task and TrainConfig: what every
+    launcher does before it trains a run."""
+    run.write_config(config, {"experiment": experiment, "profile": profile})
+    return importlib.import_module(EXPERIMENTS[experiment]).build(config)
+
+
 def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict | None = None, *,
          restart: bool = False, threads: int | None = None, shard: tuple[int, int] = (0, 1),
          busy: set[str] = frozenset(), auto_device: str | None = None) -> tuple[list[Planned], list[Run]]:
@@ -110,15 +132,7 @@ def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict
     device, autocast or ``threads`` (the CPU thread count they will train with), except those in ``busy``
     (a SLURM job of an earlier submission is still on them). ``auto_device`` is what ``device: auto`` will mean
     where the runs train (the SLURM launcher's nodes), if not this machine."""
-    module = importlib.import_module(EXPERIMENTS[experiment])
-    fixed, points = sweep_points(params, experiment, profile)
-    configs = []
-    for point in points:
-        try:
-            configs.append(module.resolve({**fixed, **point, **(overrides or {})}))
-        except (KeyError, ValueError, TypeError) as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError quotes its text
-            raise InvalidSweep(f"grid point {run_name(point)} of {experiment}.{profile}: {message}") from None
+    points, configs = resolve_grid(experiment, params, profile, overrides)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; name a directory for the runs")
 
@@ -188,15 +202,13 @@ def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tup
     planned, stale = plan(experiment, params, out, profile, overrides, restart=restart, shard=shard)
     if set_aside_stale:
         tidy(planned, stale, out, profile)
-    module = importlib.import_module(EXPERIMENTS[experiment])
     mine = [p for i, p in enumerate(planned) if i % shard[1] == shard[0]]
     for p in (mine if reporter else tqdm(mine, desc=f"{experiment}/{profile}", unit="run")):
         if p.run.is_finished:  # before building data and model
             if reporter:
                 reporter.end(p.name, "finished earlier")
             continue
-        p.run.write_config(p.config, {"experiment": experiment, "profile": profile})
-        task, train_cfg = module.build(p.config)
+        task, train_cfg = build_run(experiment, profile, p.run, p.config)
         if reporter:
             reporter.start(p.name, train_cfg.steps)
         train(task, train_cfg, p.run, progress=reporter.step if reporter else True, stop_after=stop_after)
@@ -209,8 +221,7 @@ def prepare(experiment: str, params: dict, profile: str, overrides: dict) -> Non
     """Let the experiment fetch shared inputs (e.g. download CIFAR) once, before parallel shards race for them."""
     module = importlib.import_module(EXPERIMENTS[experiment])
     if hasattr(module, "prepare"):
-        fixed, points = sweep_points(params, experiment, profile)
-        module.prepare([module.resolve({**fixed, **p, **overrides}) for p in points])
+        module.prepare(resolve_grid(experiment, params, profile, overrides)[1])
 
 
 def run_jobs(jobs: int, argv: list[str], n_runs: int, desc: str, threads: int | None = None) -> None:
