@@ -152,12 +152,15 @@ def _search_space(X: torch.Tensor, dims: int) -> torch.Tensor:
     """
     if dims <= 0 or X.shape[1] <= 2 * dims:
         return X
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(0)  # svd_lowrank draws a random sketch; keep results reproducible
-    try:
+    # svd_lowrank draws a random sketch from the default generator of X's device: seed that one generator and
+    # restore it after (the caller's random streams, e.g. a training run's dropout, go on untouched)
+    with torch.random.fork_rng(devices=[X.device] if X.device.type == "cuda" else [], device_type=X.device.type):
+        if X.device.type == "cuda":
+            torch.cuda.default_generators[X.device.index if X.device.index is not None else
+                                          torch.cuda.current_device()].manual_seed(0)
+        else:
+            torch.default_generator.manual_seed(0)
         _, _, V = torch.svd_lowrank(X, q=dims, niter=2)
-    finally:
-        torch.random.set_rng_state(gen_state)
     P = X @ V
     resid = ((X * X).sum(dim=1) - (P * P).sum(dim=1)).clamp_min(0).sqrt()
     return torch.cat([P, resid[:, None]], dim=1)

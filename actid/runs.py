@@ -49,9 +49,10 @@ NOT_IDENTITY = {
 """Config keys recorded in ``config.json`` but not part of a run's identity: changing them never
 discards or restarts a run."""
 
-NUMERICS = ("device", "amp", "threads")
+NUMERICS = ("device", "amp", "threads", "batched")
 """Runtime facts that change an unfinished run's numbers: a run resumes only where they match (the
-device *type*; the thread count only on the CPU). A finished run is reused whatever they were."""
+device *type*; the thread count only on the CPU; whether it trains batched with others, :mod:`actid.batched`).
+A finished run is reused whatever they were."""
 
 
 def identity(config: dict) -> dict:

@@ -18,6 +18,9 @@ these small models; on one GPU several processes overlap their kernel launches).
 overall bar and one line per shard, forwards Ctrl-C/SIGTERM to the shards and waits for them; a shard
 whose parent dies stops.
 
+``--batch-runs`` (auto: on where the runs train on a GPU and the experiment can) trains each shard's runs of one
+shape as one model (:mod:`actid.batched`), each run still with its own directory, rows and random streams.
+
 ``--launcher slurm`` (or ``launcher: {name: slurm}`` in ``params.yaml``) submits the unfinished grid points
 as a SLURM job array instead (:mod:`actid.slurm`); ``--no-wait`` returns after submitting, ``--status``
 reports where every grid point stands.
@@ -43,7 +46,8 @@ from tqdm.auto import tqdm
 
 from actid.progress import ShardMonitor, ShardReporter
 from actid.runs import Run, RunLockedError
-from actid.train import ResumeMismatchError, check_resume, resolve_device, runtime, train
+from actid.batched import group_members, train_batched
+from actid.train import ResumeMismatchError, TrainingInterrupted, check_resume, resolve_device, runtime, train
 
 EXPERIMENTS = {"grokking": "actid.experiments.grokking", "memorization": "actid.experiments.memorization",
                "mnist_grokking": "actid.experiments.mnist_grokking", "geometry": "actid.experiments.geometry",
@@ -94,6 +98,7 @@ class Planned:
     config: dict
     run: Run
     action: str  # "new", "skip" (finished), "resume", "restart" (config changed or --restart: set aside first)
+    batched: bool = False  # trains as one model with the shard's other runs of its shape (actid.batched)
 
 
 def _threads(jobs: int) -> int:
@@ -115,6 +120,28 @@ def resolve_grid(experiment: str, params: dict, profile: str, overrides: dict | 
     return points, configs
 
 
+def batch_mode(experiment: str, configs: list[dict], requested: str, jobs: int = 1) -> bool:
+    """Whether the sweep trains its runs batched: ``requested`` 'on', 'off', or 'auto': on where every run trains
+    on a GPU, in one process (``jobs`` 1), and the experiment can batch them. On a CPU batching saves nothing and
+    separate runs stay the reference; with several processes per GPU, each has its own runs."""
+    if requested not in ("auto", "on", "off"):
+        raise InvalidSweep(f"--batch-runs must be auto, on or off, got {requested!r}")
+    module = importlib.import_module(EXPERIMENTS[experiment])
+    if requested == "off" or not configs:
+        return False
+    if not hasattr(module, "batchable"):
+        if requested == "on":
+            raise InvalidSweep(f"--batch-runs on: {experiment} runs cannot train batched (only experiments whose "
+                               "model draws its dropout masks explicitly can, e.g. grokking); use --batch-runs off")
+        return False
+    refused = [reason for c in configs if (reason := module.batchable(c))]
+    if refused and requested == "on":
+        raise InvalidSweep(f"--batch-runs on: {refused[0]}; use --batch-runs off")
+    if requested == "on":
+        return True
+    return not refused and jobs == 1 and all(resolve_device(c["device"]).type == "cuda" for c in configs)
+
+
 def build_run(experiment: str, profile: str, run: Run, config: dict):
     """Write the run's ``config.json`` (or check the one there) and build its task and TrainConfig: what every
     launcher does before it trains a run."""
@@ -124,15 +151,18 @@ def build_run(experiment: str, profile: str, run: Run, config: dict):
 
 def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict | None = None, *,
          restart: bool = False, threads: int | None = None, shard: tuple[int, int] = (0, 1),
-         busy: set[str] = frozenset(), auto_device: str | None = None) -> tuple[list[Planned], list[Run]]:
+         busy: set[str] = frozenset(), auto_device: str | None = None, batch_runs: str = "off",
+         jobs: int | None = None) -> tuple[list[Planned], list[Run]]:
     """Validate every point and classify every run directory; touches no file.
 
     Returns the grid's runs and the stale runs to set aside (this experiment's runs not in the grid).
     Runs of this ``shard`` are also checked for another writer and, if unfinished, for a change of
     device, autocast or ``threads`` (the CPU thread count they will train with), except those in ``busy``
     (a SLURM job of an earlier submission is still on them). ``auto_device`` is what ``device: auto`` will mean
-    where the runs train (the SLURM launcher's nodes), if not this machine."""
+    where the runs train (the SLURM launcher's nodes), if not this machine. ``batch_runs`` and ``jobs`` (default: the
+    shard count): see :func:`batch_mode`."""
     points, configs = resolve_grid(experiment, params, profile, overrides)
+    batched = batch_mode(experiment, configs, batch_runs, jobs=jobs or shard[1])
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; name a directory for the runs")
 
@@ -156,13 +186,13 @@ def plan(experiment: str, params: dict, out: Path, profile: str, overrides: dict
                 continue
             try:
                 device = auto_device if config["device"] == "auto" and auto_device else config["device"]
-                check_resume(run.name, run.runtime(), runtime(resolve_device(device), config["amp"], threads))
+                check_resume(run.name, run.runtime(), runtime(resolve_device(device), config["amp"], threads, batched))
             except ResumeMismatchError as err:
                 if not restart:
                     problems.append(str(err))
                     continue
                 action = "restart"
-        planned.append(Planned(run.name, config, run, action))
+        planned.append(Planned(run.name, config, run, action, batched))
     if problems:
         raise SystemExit("nothing was changed:\n- " + "\n- ".join(problems))
     names = {p.name for p in planned}
@@ -195,14 +225,20 @@ def set_aside(run: Run, out: Path, why: str) -> Path:
 
 def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tuple[int, int] = (0, 1),
               overrides: dict | None = None, *, restart: bool = False, set_aside_stale: bool = True,
-              reporter: ShardReporter | None = None, stop_after: int | None = None) -> list[Planned]:
+              reporter: ShardReporter | None = None, stop_after: int | None = None, batch_runs: str = "auto",
+              interrupt=None) -> list[Planned]:
     """Validate, set stale runs aside (a sweep's shards leave that to their parent), then
-    train this shard's runs. ``stop_after`` stops each run at that step (to test resuming)."""
+    train this shard's runs. ``stop_after`` stops each run at that step (to test resuming); ``interrupt`` as in
+    :func:`actid.train.train`."""
     out = Path(out)
-    planned, stale = plan(experiment, params, out, profile, overrides, restart=restart, shard=shard)
+    planned, stale = plan(experiment, params, out, profile, overrides, restart=restart, shard=shard,
+                          batch_runs=batch_runs)
     if set_aside_stale:
         tidy(planned, stale, out, profile)
     mine = [p for i, p in enumerate(planned) if i % shard[1] == shard[0]]
+    if any(p.batched for p in mine):
+        train_shard_batched(experiment, profile, mine, reporter, stop_after, interrupt)
+        return planned
     for p in (mine if reporter else tqdm(mine, desc=f"{experiment}/{profile}", unit="run")):
         if p.run.is_finished:  # before building data and model
             if reporter:
@@ -211,10 +247,31 @@ def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tup
         task, train_cfg = build_run(experiment, profile, p.run, p.config)
         if reporter:
             reporter.start(p.name, train_cfg.steps)
-        train(task, train_cfg, p.run, progress=reporter.step if reporter else True, stop_after=stop_after)
+        train(task, train_cfg, p.run, progress=reporter.step if reporter else True, stop_after=stop_after,
+              interrupt=interrupt)
         if reporter:
             reporter.end(p.name, "trained")
     return planned
+
+
+def train_shard_batched(experiment: str, profile: str, mine: list[Planned], reporter: ShardReporter | None,
+                        stop_after: int | None, interrupt=None) -> None:
+    """Train the shard's unfinished runs in groups of one shape, each group as one model (:mod:`actid.batched`)."""
+    members = []
+    for p in mine:
+        if p.run.is_finished:  # before building data and model
+            if reporter:
+                reporter.end(p.name, "finished earlier")
+            continue
+        members.append((*build_run(experiment, profile, p.run, p.config), p.run))
+    groups = group_members(members)
+    for group in (groups if reporter else tqdm(groups, desc=f"{experiment}/{profile}", unit="group")):
+        if reporter:
+            reporter.start(f"{len(group)} runs as one model", group[0][1].steps)
+        train_batched(group, progress=reporter.step if reporter else True, stop_after=stop_after, interrupt=interrupt)
+        if reporter:
+            for _, _, run in group:
+                reporter.end(run.name, "trained")
 
 
 def prepare(experiment: str, params: dict, profile: str, overrides: dict) -> None:
@@ -299,6 +356,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a run config key for every run, e.g. --set device=cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads per run (local default: cores / jobs; "
                         "slurm default: cpus-per-task); results are reproducible for a fixed thread count")
+    parser.add_argument("--batch-runs", choices=["auto", "on", "off"], default="auto",
+                        help="train each shard's runs of one shape as one model (actid.batched); auto: on where the "
+                             "runs train on a GPU and the experiment can (grokking)")
     parser.add_argument("--launcher", choices=["local", "slurm"],
                         help="where runs train (default: params.yaml launcher.name, else local)")
     slurm = parser.add_argument_group("slurm launcher (defaults: params.yaml launcher.slurm, see actid/slurm.py)")
@@ -335,12 +395,24 @@ def main(argv: list[str] | None = None) -> None:
         if args.threads < 1:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    # SIGTERM unwinds like Ctrl-C, so temporary files are removed and locks released
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM unwinds like Ctrl-C, so temporary files are removed and locks released. The signal is also
+    # remembered: Python drops an exception raised by a signal handler that happens to run inside a weakref
+    # callback or __del__ (seen: an import's module-lock callback in a run's first steps), so training also stops
+    # at its next step when asked (interrupt=), after a checkpoint
+    received: list[int] = []
+
+    def stop(signum, _frame):
+        received.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        sys.exit(128 + signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.jobs > 1:
             planned, stale = plan(args.experiment, params, out, profile, overrides, restart=args.restart,
-                                  threads=args.threads or _threads(args.jobs))
+                                  threads=args.threads or _threads(args.jobs), batch_runs=args.batch_runs,
+                                  jobs=args.jobs)
             tidy(planned, stale, out, profile)
             prepare(args.experiment, params, profile, overrides)
             shard_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--restart"]
@@ -350,14 +422,20 @@ def main(argv: list[str] | None = None) -> None:
             _stop_when_orphaned(int(os.environ["ACTID_PARENT_PID"]))
         i, n = (int(v) for v in args.shard.split("/"))
         run_sweep(args.experiment, params, out, profile, (i, n), overrides, restart=args.restart,
-                  set_aside_stale=not sharded, reporter=ShardReporter() if sharded else None)
+                  set_aside_stale=not sharded, reporter=ShardReporter() if sharded else None,
+                  batch_runs=args.batch_runs, interrupt=lambda: bool(received))
+        if received:  # the signal's exception was dropped during the last evaluation: still exit as stopped
+            raise TrainingInterrupted("stopped by a signal")
     except InvalidSweep as err:  # a user's mistake, found before any file changed: no traceback
         raise SystemExit(f"nothing was changed: {err}") from None
-    except KeyboardInterrupt:  # Ctrl-C (a shard's parent reports it once for all shards)
+    except (KeyboardInterrupt, TrainingInterrupted) as err:  # Ctrl-C (a shard's parent reports it once for all shards)
+        if isinstance(err, TrainingInterrupted) and received[0] != signal.SIGINT:
+            raise SystemExit(128 + received[0]) from None
         raise SystemExit(130 if "ACTID_PARENT_PID" in os.environ else
                          "interrupted: finished runs and checkpoints are kept; rerun the same command to resume") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 def slurm_main(args: argparse.Namespace, params: dict, profile: str, overrides: dict, out: Path) -> None:
     """``--launcher slurm``: submit (and follow) the unfinished grid points, or report them (``--status``)."""

@@ -285,11 +285,13 @@ def cpu_has_native_bf16() -> bool:
     return any(probe() for probe in probes if probe is not None)  # private torch API: absent means unknown
 
 
-def runtime(device: torch.device, amp: bool, threads: int | None = None) -> dict:
+def runtime(device: torch.device, amp: bool, threads: int | None = None, batched: bool = False) -> dict:
     """The facts of where a run trains that change its numbers (see :data:`actid.runs.NUMERICS`); ``threads``
-    defaults to this process's CPU thread count."""
-    return {"device": device.type, "amp": amp,
-            "threads": (threads or torch.get_num_threads()) if device.type == "cpu" else None}
+    defaults to this process's CPU thread count. ``batched``: trained as one model with others
+    (:mod:`actid.batched`), recorded only then, so runs recorded before it existed resume as they were."""
+    facts = {"device": device.type, "amp": amp,
+             "threads": (threads or torch.get_num_threads()) if device.type == "cpu" else None}
+    return {**facts, "batched": True} if batched else facts
 
 
 class ResumeMismatchError(RuntimeError):
@@ -300,10 +302,13 @@ def check_resume(run_name: str, recorded: dict | None, current: dict) -> None:
     """Refuse to resume an unfinished run where its numerics would change, offering the two choices."""
     if recorded is None or recorded == current:
         return
-    diff = ", ".join(f"{k} {recorded.get(k)!r} -> {current.get(k)!r}" for k in current if recorded.get(k) != current.get(k))
+    diff = ", ".join(f"{k} {recorded.get(k)!r} -> {current.get(k)!r}" for k in dict.fromkeys([*current, *recorded])
+                     if recorded.get(k) != current.get(k))
     hint = (f"--set device={recorded['device']}" + (f" amp={recorded['amp']}" if recorded.get('amp') != current['amp'] else "")
             + (f" (and {recorded['threads']} CPU threads, e.g. OMP_NUM_THREADS={recorded['threads']})"
-               if recorded.get("threads") and recorded.get("threads") != current.get("threads") else ""))
+               if recorded.get("threads") and recorded.get("threads") != current.get("threads") else "")
+            + ((" with --batch-runs on (local launcher)" if recorded.get("batched") else " with --batch-runs off")
+               if bool(recorded.get("batched")) != bool(current.get("batched")) else ""))
     raise ResumeMismatchError(
         f"run {run_name} is unfinished and was training with different numerics ({diff}); resuming would mix "
         f"them in one run. Either resume it as it was started ({hint}), or restart it from step 0 (sweep: --restart "

@@ -7,6 +7,12 @@ two estimates and the speed-up. Usage::
 
     python benchmarks/bench_id.py                       # CPU, the issue's grid
     python benchmarks/bench_id.py --device cuda --no-skdim --n 20000 100000
+    python benchmarks/bench_id.py --device cuda --no-skdim --torchid --n 20000 100000 --D 512 4096
+
+``--torchid`` adds torchid's TwoNN (PyPI ``torchid``, a GPU port of scikit-dimension; it declares Python >= 3.13 but
+is pure Python: ``pip install --ignore-requires-python torchid``, plus ``faiss-cpu`` for its CPU path) on the same
+tensor, its estimate and actid's speed-up over it. On data without duplicate points both follow
+scikit-dimension's fit, so the estimates should agree to 0.5% (torchid clamps r1 where actid drops duplicates).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-skdim", action="store_true", help="skip scikit-dimension (it takes minutes at n=20000)")
+    parser.add_argument("--torchid", action="store_true", help="add torchid's TwoNN on the same tensor")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -59,6 +66,13 @@ def main() -> None:
             t_one, est = timed(lambda: TwoNN().fit(X), device, args.repeats)
             t_res, _ = timed(lambda: TwoNN(n_resamples=20).fit(X), device, max(1, args.repeats // 3))
             row = f"| {n} | {D} | {t_one:.4f} | {t_res:.4f} |"
+            if args.torchid:
+                import torchid  # benchmark-only peer
+
+                t_ti, ref_ti = timed(lambda: torchid.TwoNN().fit(X), device, args.repeats)
+                diff = 100 * (ref_ti.dimension_ / est.dimension_ - 1)
+                row += (f" torchid {t_ti:.4f} s, ID {ref_ti.dimension_:.4f} ({diff:+.2f}%), "
+                        f"actid {t_ti / t_one:.1f}x faster |")
             if args.no_skdim:
                 print(row + f" - | {est.dimension_:.4f} | - | - |", flush=True)
                 continue

@@ -38,6 +38,13 @@ def resolve(config: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
 
 
+def batchable(config: dict) -> str | None:
+    """Why this run cannot train as one model with others of its shape (:mod:`actid.batched`), or None."""
+    if config["optimizer"] not in ("adam", "adamw"):
+        return f"batched runs use adam or adamw, not optimizer {config['optimizer']!r}"
+    return None
+
+
 def build(config: dict) -> tuple[Task, TrainConfig]:
     """Task and TrainConfig for one grokking run; ``config`` mixes data, model and training keys."""
     check_keys(config, GrokkingData, GrokkingModel, TrainConfig)
