@@ -41,7 +41,8 @@ def batch_key(task: Task, cfg: TrainConfig) -> tuple | None:
     """Runs with equal keys can train as one model; None when this run cannot be batched at all."""
     model = task.model
     if (not hasattr(model, "dropout_masks") or task.augment is not None or task.penalty is not None
-            or cfg.optimizer not in ("adam", "adamw") or next(model.buffers(), None) is not None):
+            or cfg.optimizer not in ("adam", "adamw") or next(model.buffers(), None) is not None
+            or resolve_device(cfg.device).type not in ("cpu", "cuda")):
         return None
     shapes = tuple((name, tuple(p.shape), p.dtype) for name, p in model.named_parameters())
     return (type(model).__qualname__, shapes, bool(model.dropout), tuple(task.train_x.shape[1:]), task.loss_fn,

@@ -154,12 +154,14 @@ def _search_space(X: torch.Tensor, dims: int) -> torch.Tensor:
         return X
     # svd_lowrank draws a random sketch from the default generator of X's device: seed that one generator and
     # restore it after (the caller's random streams, e.g. a training run's dropout, go on untouched)
-    with torch.random.fork_rng(devices=[X.device] if X.device.type == "cuda" else [], device_type=X.device.type):
-        if X.device.type == "cuda":
+    with torch.random.fork_rng(devices=[] if X.device.type == "cpu" else [X.device], device_type=X.device.type):
+        if X.device.type == "cpu":
+            torch.default_generator.manual_seed(0)
+        elif X.device.type == "cuda":
             torch.cuda.default_generators[X.device.index if X.device.index is not None else
                                           torch.cuda.current_device()].manual_seed(0)
-        else:
-            torch.default_generator.manual_seed(0)
+        else:  # another accelerator: seed every generator, as before; X's device is restored after
+            torch.manual_seed(0)
         _, _, V = torch.svd_lowrank(X, q=dims, niter=2)
     P = X @ V
     resid = ((X * X).sum(dim=1) - (P * P).sum(dim=1)).clamp_min(0).sqrt()

@@ -233,6 +233,8 @@ def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tup
     out = Path(out)
     planned, stale = plan(experiment, params, out, profile, overrides, restart=restart, shard=shard,
                           batch_runs=batch_runs)
+    if interrupt is not None and interrupt():
+        raise TrainingInterrupted("stopped before any run was touched")
     if set_aside_stale:
         tidy(planned, stale, out, profile)
     mine = [p for i, p in enumerate(planned) if i % shard[1] == shard[0]]
@@ -244,6 +246,8 @@ def run_sweep(experiment: str, params: dict, out: Path, profile: str, shard: tup
             if reporter:
                 reporter.end(p.name, "finished earlier")
             continue
+        if interrupt is not None and interrupt():
+            raise TrainingInterrupted(f"stopped before {p.name}")
         task, train_cfg = build_run(experiment, profile, p.run, p.config)
         if reporter:
             reporter.start(p.name, train_cfg.steps)
@@ -266,6 +270,8 @@ def train_shard_batched(experiment: str, profile: str, mine: list[Planned], repo
         members.append((*build_run(experiment, profile, p.run, p.config), p.run))
     groups = group_members(members)
     for group in (groups if reporter else tqdm(groups, desc=f"{experiment}/{profile}", unit="group")):
+        if interrupt is not None and interrupt():
+            raise TrainingInterrupted("stopped between groups of runs")
         if reporter:
             reporter.start(f"{len(group)} runs as one model", group[0][1].steps)
         train_batched(group, progress=reporter.step if reporter else True, stop_after=stop_after, interrupt=interrupt)
@@ -407,7 +413,9 @@ def main(argv: list[str] | None = None) -> None:
             raise KeyboardInterrupt
         sys.exit(128 + signum)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a SIGINT ignored by whoever started us (e.g. `sweep &` in a script) stays ignored
+    handled = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else [])
+    previous = {s: signal.signal(s, stop) for s in handled}
     try:
         if args.jobs > 1:
             planned, stale = plan(args.experiment, params, out, profile, overrides, restart=args.restart,

@@ -16,10 +16,10 @@ from actid.train import ResumeMismatchError, TrainConfig, TrainingInterrupted, m
 
 TINY = {"p": 13, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32, "steps": 24, "eval_every": 8,
         "optimizer": "adamw", "measures": {"id": {"options": {"n_resamples": 3}}}, "device": "cpu"}
-# different seeds, weight decays, learning rates and train fractions: 78 and 62 training equations make
+# different seeds, weight decays, learning rates, schedules and train fractions: 78 and 62 training equations make
 # batches of unequal size at the end of an epoch, which the batched step pads
-POINTS = [{"train_fraction": 0.5, "weight_decay": 0.0, "seed": 0},
-          {"train_fraction": 0.4, "weight_decay": 1.0, "seed": 1},
+POINTS = [{"train_fraction": 0.5, "weight_decay": 0.0, "seed": 0, "warmup_steps": 5, "schedule": "cosine"},
+          {"train_fraction": 0.4, "weight_decay": 1.0, "seed": 1, "schedule": "multistep", "milestones": [10]},
           {"train_fraction": 0.5, "weight_decay": 0.1, "seed": 2, "lr": 3e-3}]
 
 

@@ -13,6 +13,7 @@ Dropout masks are drawn explicitly (:meth:`Transformer.dropout_masks`), all at t
 forward, in the order the layers use them. With torch's default generator this draws exactly what
 ``nn.Dropout`` and the CPU attention kernel draw (same values, same order), and it lets
 :mod:`actid.batched` train several runs as one model, each drawing its masks from its own generator.
+Dropout follows the model's own train/eval mode (there are no dropout submodules to switch one by one).
 """
 
 from __future__ import annotations
