@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-import warnings
 from collections.abc import Callable
 
 import pandas as pd
@@ -32,9 +31,9 @@ from tqdm.auto import tqdm
 from actid import schema
 from actid.measures import build_measures, build_probes
 from actid.runs import Run
-from actid.train import (EpochSampler, Task, TrainConfig, TrainingInterrupted, check_resume, cpu_has_native_bf16,
+from actid.train import (EpochSampler, Task, TrainConfig, TrainingInterrupted, check_checkpoint_rows, check_resume,
                          evaluate, evaluation_steps, flushing_denormals, lr_factor, make_optimizer, probe_sets,
-                         resolve_device, runtime)
+                         resolve_device, runtime, warn_if_emulated_bf16)
 
 
 def batch_key(task: Task, cfg: TrainConfig) -> tuple | None:
@@ -155,9 +154,7 @@ def _train_locked(members, progress, stop_after, interrupt) -> None:
                          "or penalty (see actid.batched.batch_key); train them separately")
     cfg0, task0 = cfgs[0], tasks[0]
     device = resolve_device(cfg0.device)
-    if cfg0.amp and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("amp=true on a CPU without native bf16 (AVX512-BF16/AMX): bf16 autocast is emulated and ~10x "
-                      "slower than fp32 here; set amp=false (e.g. --set amp=false)", stacklevel=3)
+    warn_if_emulated_bf16(cfg0.amp, device)
     now = runtime(device, cfg0.amp, batched=True)
     models = [t.model.to(device).train() for t in tasks]
     measures = [build_measures(c.measures, c.seed) for c in cfgs]
@@ -185,10 +182,7 @@ def _train_locked(members, progress, stop_after, interrupt) -> None:
             dropout_gens[k].set_state(state["cpu_rng"] if device.type == "cpu" else state["cuda_rng"])
             steps.append(state["step"])
             elapsed[k], rows[k] = state["elapsed"], state["rows"]
-            expected = [s for s in evaluation_steps(cfgs[k]) if s <= state["step"]]
-            if [r[schema.STEP] for r in rows[k]] != expected:
-                raise ValueError(f"{run.checkpoint_path} holds rows for steps {[r[schema.STEP] for r in rows[k]]}, not "
-                                 f"the evaluation steps {expected} of this config; delete {run.path} to restart the run")
+            check_checkpoint_rows(run, rows[k], state["step"], cfgs[k])
             run.restore_rows(rows[k])
         if run.config_path.exists():
             run.record_runtime(now)

@@ -294,6 +294,21 @@ def runtime(device: torch.device, amp: bool, threads: int | None = None, batched
     return {**facts, "batched": True} if batched else facts
 
 
+def warn_if_emulated_bf16(amp: bool, device: torch.device) -> None:
+    """Warn where bf16 autocast would run ~10x slower than fp32 (a CPU without native bf16)."""
+    if amp and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("amp=true on a CPU without native bf16 (AVX512-BF16/AMX): bf16 autocast is emulated and ~10x "
+                      "slower than fp32 here; set amp=false (e.g. --set amp=false)", stacklevel=4)
+
+
+def check_checkpoint_rows(run: Run, rows: list[dict], step: int, cfg: TrainConfig) -> None:
+    """A checkpoint at ``step`` must hold one row per evaluation step of ``cfg`` up to it."""
+    expected = [s for s in evaluation_steps(cfg) if s <= step]
+    if [r[schema.STEP] for r in rows] != expected:
+        raise ValueError(f"{run.checkpoint_path} holds rows for steps {[r[schema.STEP] for r in rows]}, not the "
+                         f"evaluation steps {expected} of this config; delete {run.path} to restart the run")
+
+
 class ResumeMismatchError(RuntimeError):
     """An unfinished run would resume on a device or with settings that change its numbers."""
 
@@ -346,9 +361,7 @@ def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after, 
     sampler = EpochSampler(len(task.train_x), cfg.batch_size, cfg.seed, task.train_x.device)
     aug_gen = torch.Generator(device=task.train_x.device).manual_seed(cfg.seed + 1)
     now = runtime(device, cfg.amp)
-    if cfg.amp and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("amp=true on a CPU without native bf16 (AVX512-BF16/AMX): bf16 autocast is emulated and ~10x "
-                      "slower than fp32 here; set amp=false (e.g. --set amp=false)", stacklevel=2)
+    warn_if_emulated_bf16(cfg.amp, device)
 
     step, rows, elapsed = 0, [], 0.0
     state = run.load_checkpoint()
@@ -362,10 +375,7 @@ def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after, 
         if device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"])
         step, elapsed, rows = state["step"], state["elapsed"], state["rows"]
-        expected = [s for s in evaluation_steps(cfg) if s <= step]
-        if [r[schema.STEP] for r in rows] != expected:
-            raise ValueError(f"{run.checkpoint_path} holds rows for steps {[r[schema.STEP] for r in rows]}, not the "
-                             f"evaluation steps {expected} of this config; delete {run.path} to restart the run")
+        check_checkpoint_rows(run, rows, step, cfg)
         run.restore_rows(rows)
     else:
         run.set_aside_orphan_rows()
