@@ -10,12 +10,16 @@ n = 20,000) and is exact despite fp32/TF32 matmuls:
    before the search casts it to float32;
 3. per block of rows, find ``k + margin`` candidates with one matmul, with the
    block's own indices masked by index (self-distances after round-off are not 0).
-   Wide data are searched in a rank-64 projection plus the residual norm, whose
-   distances are lower bounds of the true ones (a quarter to a sixtieth of the flops);
+   Wide data with many points may be searched in a rank-64 projection plus the residual
+   norm, whose distances are lower bounds of the true ones (a quarter to a sixtieth of the
+   flops). The projection is fitted to a fixed sample of rows and kept only if it certifies
+   most of a pilot sample of rows (step 5): on a ResNet's activations it certifies almost none,
+   and the full search is then cheaper than the projection plus a search again;
 4. re-rank the candidates by the exact norm of the difference ``x_i - x_j``;
 5. certify each row: its k-th exact distance must lie below the lower bound of every
    non-candidate. Rows that fail (round-off, TF32, a poor projection) are searched
-   again in the full space in plain fp32, so the result never depends on the shortcut.
+   again in the full space: on a GPU first with TF32 (certified again, with TF32's slack),
+   then whatever still fails in plain fp32, so the result never depends on the shortcut.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Neighbors:
     points:    (n, D) the de-duplicated, centred points (fp32, on the search device).
     n_duplicates: rows removed because they exactly repeated another row.
     n_researched: rows whose candidates could not be certified exact and were searched again.
+    projected: whether the candidates were searched in a low-rank projection (False: the full space).
     """
 
     distances: torch.Tensor
@@ -45,6 +50,7 @@ class Neighbors:
     points: torch.Tensor
     n_duplicates: int
     n_researched: int = 0
+    projected: bool = False
 
     @property
     def n(self) -> int:
@@ -91,6 +97,11 @@ def _tf32(enabled: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _uses_tf32(device: torch.device) -> bool:
+    """Whether candidate searches on ``device`` use TF32 tensor cores (CUDA); they are certified with its slack."""
+    return device.type == "cuda"
 
 
 def _smallest(score: torch.Tensor, kc: int, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,29 +154,45 @@ def _rerank(X: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, k: int, bud
     return dist, idx
 
 
+PROJECTION_MIN_ROWS_PER_DIM = 32
+"""A projection is tried only for n >= 32 x its rank: with fewer points the full search costs less than fitting it."""
+PROJECTION_SAMPLE_ROWS_PER_DIM = 8
+"""The projection is fitted to a fixed sample of 8 rows per dimension of it."""
+PILOT_ROWS = 256
+"""Rows whose certification decides whether the projection is kept."""
+PILOT_MAX_FAILURES = 0.5
+"""The projection is dropped when more than this share of the pilot rows fail their certificate."""
+
+
+def _sample(n: int, m: int, seed: int, device: torch.device) -> torch.Tensor:
+    """A fixed (seeded, device-independent) sample of min(n, m) row indices; no global random stream is touched."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].to(device)
+
+
 def _search_space(X: torch.Tensor, dims: int) -> torch.Tensor:
     """Coordinates Z = [P x, |x - P x|] for an orthonormal rank-``dims`` projection P.
 
-    |z_i - z_j| <= |x_i - x_j| (the residual part by the reverse triangle inequality), so a
-    nearest-neighbour search in Z gives candidates together with a lower bound on every other
-    point's distance, at dims + 1 instead of D features per dot product.
+    |z_i - z_j| <= |x_i - x_j| (the residual part by the reverse triangle inequality) for *any*
+    orthonormal P, so a nearest-neighbour search in Z gives candidates together with a lower bound on
+    every other point's distance, at dims + 1 instead of D features per dot product. P spans the top
+    right singular vectors of a fixed sample of rows (from the sample's Gram matrix), made orthonormal
+    by a float64 QR factorization: cheap and deterministic, and the bound holds whatever the sample.
     """
-    if dims <= 0 or X.shape[1] <= 2 * dims:
-        return X
-    # svd_lowrank draws a random sketch from the default generator of X's device: seed that one generator and
-    # restore it after (the caller's random streams, e.g. a training run's dropout, go on untouched)
-    with torch.random.fork_rng(devices=[] if X.device.type == "cpu" else [X.device], device_type=X.device.type):
-        if X.device.type == "cpu":
-            torch.default_generator.manual_seed(0)
-        elif X.device.type == "cuda":
-            torch.cuda.default_generators[X.device.index if X.device.index is not None else
-                                          torch.cuda.current_device()].manual_seed(0)
-        else:  # another accelerator: seed every generator, as before; X's device is restored after
-            torch.manual_seed(0)
-        _, _, V = torch.svd_lowrank(X, q=dims, niter=2)
+    sample = X[_sample(len(X), PROJECTION_SAMPLE_ROWS_PER_DIM * dims, 1, X.device)]
+    _, vectors = torch.linalg.eigh((sample @ sample.T).double())  # ascending eigenvalues
+    V = torch.linalg.qr((sample.T @ vectors[:, -dims:].to(X.dtype)).double()).Q.to(X.dtype)  # (D, dims)
     P = X @ V
     resid = ((X * X).sum(dim=1) - (P * P).sum(dim=1)).clamp_min(0).sqrt()
     return torch.cat([P, resid[:, None]], dim=1)
+
+
+def _uncertified(dist: torch.Tensor, bound: torch.Tensor, Z: torch.Tensor, rows: torch.Tensor,
+                 slack_factor: float) -> torch.Tensor:
+    """Positions (into ``rows``) whose k-th exact distance is not certified below every non-candidate's lower bound
+    sqrt(bound), allowing ``slack_factor`` x (|z_i|^2 + max |z|^2) for the round-off of the candidate matmul."""
+    sqz = (Z * Z).sum(dim=1)
+    slack = slack_factor * (sqz[rows] + sqz.max())
+    return torch.nonzero(dist[:, -1] ** 2 > (bound - slack).double()).flatten()
 
 
 @torch.no_grad()
@@ -214,21 +241,33 @@ def nearest_neighbors(
                          f"({n_in} rows, {n_duplicates} exact duplicates removed); use a larger probe set")
 
     X = X - X.mean(dim=0, keepdim=True)
-    on_gpu = device.type == "cuda"
-    kc = min(n - 1, k + (margin if margin is not None else 8 if on_gpu else 4))
-    budget = block_bytes or (2**30 if on_gpu else 2**24)
+    tensor_cores = _uses_tf32(device)
+    kc = min(n - 1, k + (margin if margin is not None else 8 if tensor_cores else 4))
+    budget = block_bytes or (2**30 if device.type == "cuda" else 2**24)
+    slack_factor = 5e-3 if tensor_cores else 1e-5  # TF32's unit round-off is 2^-11; fp32's 2^-24
     rows = torch.arange(n, device=device)
 
-    Z = _search_space(X, search_dims)
-    with _tf32(on_gpu):
-        cand, bound = _candidates(Z, rows, kc, budget)
-    dist, idx = _rerank(X, rows, cand, k, budget)
-    # Certificate: every non-candidate is at least sqrt(bound) away (up to matmul round-off).
-    sqz = (Z * Z).sum(dim=1)
-    slack = (5e-3 if on_gpu else 1e-5) * (sqz + sqz.max())
-    failed = torch.nonzero(dist[:, -1] ** 2 > (bound - slack).double()).flatten()
-    if len(failed) and kc < n - 1:
-        with _tf32(False):
-            cand, _ = _candidates(X, failed, kc, budget)
-        dist[failed], idx[failed] = _rerank(X, failed, cand, k, budget)
-    return Neighbors(distances=dist, indices=idx, points=X, n_duplicates=n_duplicates, n_researched=len(failed))
+    def search(Z: torch.Tensor, query: torch.Tensor, tf32: bool):
+        """Candidates of ``query`` rows in Z, re-ranked exactly in X, and the positions that failed certification."""
+        with _tf32(tf32):
+            cand, bound = _candidates(Z, query, kc, budget)
+        dist, idx = _rerank(X, query, cand, k, budget)
+        return dist, idx, _uncertified(dist, bound, Z, query, slack_factor if tf32 else 1e-5)
+
+    Z, projected = X, False
+    if 0 < search_dims and 2 * search_dims < X.shape[1] and n >= PROJECTION_MIN_ROWS_PER_DIM * search_dims:
+        Z = _search_space(X, search_dims)
+        pilot = _sample(n, PILOT_ROWS, 2, device)
+        projected = len(search(Z, pilot, tensor_cores)[2]) <= PILOT_MAX_FAILURES * len(pilot)
+        Z = Z if projected else X
+    dist, idx, failed = search(Z, rows, tensor_cores)
+    n_researched = len(failed) if kc < n - 1 else 0
+    if n_researched:
+        failed = rows[failed]
+        if projected and tensor_cores:  # the full space with TF32 first; certified again
+            dist[failed], idx[failed], still = search(X, failed, True)
+            failed = failed[still]
+        if len(failed):
+            dist[failed], idx[failed], _ = search(X, failed, False)
+    return Neighbors(distances=dist, indices=idx, points=X, n_duplicates=n_duplicates, n_researched=n_researched,
+                     projected=projected)

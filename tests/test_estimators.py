@@ -205,8 +205,31 @@ def test_higher_rank_input_is_flattened_per_example(subspace10):
     assert TwoNN().fit(X).dimension_ == TwoNN().fit(subspace10).dimension_
 
 
-def test_search_projection_is_exact_and_certified():
-    X = linear_subspace(2000, 30, 1024, noise=0.3)  # spread spectrum: the projection is a poor fit
+def test_search_projection_is_kept_where_it_certifies_and_stays_exact():
+    X = linear_subspace(3000, 10, 1024, noise=0.01)  # low rank: the projection fits
     full = nearest_neighbors(X, k=5, search_dims=0)
     proj = nearest_neighbors(X, k=5, search_dims=64)
+    assert proj.projected and not full.projected
+    assert proj.n_researched < 30
     assert torch.allclose(full.distances, proj.distances, rtol=1e-6)
+
+
+def test_search_projection_is_dropped_where_it_would_not_certify():
+    X = linear_subspace(3000, 100, 1024, noise=0.3)  # spread spectrum: rank 64 bounds too little
+    proj = nearest_neighbors(X, k=5, search_dims=64)
+    assert not proj.projected and proj.n_researched == 0
+    assert torch.allclose(nearest_neighbors(X, k=5, search_dims=0).distances, proj.distances, rtol=1e-6)
+    # too few points for a projection to pay: the full space, whatever the data
+    assert not nearest_neighbors(linear_subspace(2000, 10, 1024), k=5, search_dims=64).projected
+
+
+@pytest.mark.parametrize("d, noise", [(10, 0.01), (100, 0.3)])
+def test_gpu_search_rules_stay_exact(monkeypatch, d, noise):
+    """The GPU's rules (TF32 candidates, TF32 slack and margin, a TF32 search again before plain fp32),
+    run here in fp32 arithmetic: every certified row and every row searched again gives the exact neighbours."""
+    X = linear_subspace(3000, d, 1024, noise=noise)
+    exact = nearest_neighbors(X, k=16, search_dims=0)
+    monkeypatch.setattr("actid.neighbors._uses_tf32", lambda device: True)
+    gpu_rules = nearest_neighbors(X, k=16)
+    assert gpu_rules.projected == (d == 10) and gpu_rules.n_researched > 0
+    assert torch.allclose(exact.distances, gpu_rules.distances, rtol=1e-6)
