@@ -105,5 +105,6 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
     augment = DeviceAugment(crop_padding=setup.crop_padding, flip=setup.flip, rotate_degrees=setup.rotate_degrees,
                             fill=data.fill)
     task = Task(model=model, train_x=data.train_x, train_y=data.train_y, eval_sets=eval_sets,
-                id_layers=model.id_layers, llid_layer=model.llid_layer, augment=augment)
+                id_layers=model.id_layers, llid_layer=model.llid_layer, augment=augment,
+                channels_last=device.type == "cuda")
     return task, train_cfg
