@@ -45,15 +45,27 @@ def twonn_linear_fit(mu: torch.Tensor, discard_fraction: float = 0.1) -> float:
     Sorts mu ascending, uses the empirical CDF F_i = i/N, keeps the int(N (1 - discard_fraction))
     smallest ratios (scikit-dimension's convention, = the paper's code for N >= 20).
     """
-    mu = torch.sort(mu.double()).values
-    n = mu.numel()
-    n_keep = int(n * (1 - discard_fraction))
-    if n_keep < 2:
-        raise ValueError(f"only {n_keep} ratios left for the TwoNN fit; use more points or a smaller discard_fraction")
-    x = torch.log(mu[:n_keep])
-    i = torch.arange(1, n_keep + 1, dtype=torch.float64, device=mu.device)
-    y = -torch.log1p(-i / n)
-    return float((x * y).sum() / (x * x).sum())
+    mu = mu.double().flatten()
+    return twonn_linear_fits(mu[None], [mu.numel()], discard_fraction)[0]
+
+
+def twonn_linear_fits(mu: torch.Tensor, counts: list[int], discard_fraction: float = 0.1) -> list[float]:
+    """:func:`twonn_linear_fit` of each row of ``mu`` (R, m), whose first ``counts[r]`` entries are its ratios (the
+    rest is ignored), in one pass of a few kernels: the resamples of the paper's protocol at once."""
+    n_keep = [int(n * (1 - discard_fraction)) for n in counts]
+    if min(n_keep) < 2:
+        raise ValueError(f"only {min(n_keep)} ratios left for the TwoNN fit; use more points or a smaller "
+                         "discard_fraction")
+    positions = torch.arange(mu.shape[1], device=mu.device)
+    ratios = torch.where(positions < torch.tensor(counts, device=mu.device)[:, None], mu.double(), math.inf)
+    width = max(n_keep)
+    x = torch.log(torch.sort(ratios, dim=1).values[:, :width])
+    i = torch.arange(1, width + 1, dtype=torch.float64, device=mu.device)
+    n = torch.tensor(counts, dtype=torch.float64, device=mu.device)[:, None]
+    used = positions[:width] < torch.tensor(n_keep, device=mu.device)[:, None]
+    y = -torch.log1p(-torch.where(used, i / n, 0.0))  # 0 where unused (where i / n may reach 1)
+    x = torch.where(used, x, 0.0)
+    return ((x * y).sum(dim=1) / (x * x).sum(dim=1)).tolist()
 
 
 def _near_duplicate_mask(r1: torch.Tensor) -> torch.Tensor:
@@ -107,7 +119,8 @@ class TwoNN(_Estimator):
     found *within* its subset, and ``error_`` is their standard deviation. One search of
     ``resample_neighbors`` neighbours on the full set serves every subset: a point's two nearest
     neighbours within a subset are the first two of its full-set list that survive; the rare
-    point whose list runs out is searched exactly. Without resampling, ``error_`` is the
+    point whose list runs out is searched exactly. All subsets are read off and fitted at once
+    (:func:`subset_two_nn`, :func:`twonn_linear_fits`). Without resampling, ``error_`` is the
     asymptotic standard error d / sqrt(n).
 
     Args:
@@ -138,20 +151,15 @@ class TwoNN(_Estimator):
     def fit_neighbors(self, nb: Neighbors):
         self.n_duplicates_ = nb.n_duplicates
         if not self.n_resamples:
-            self.dimension_, self.n_used_, self.n_dropped_ = self._fit_r12(nb.distances[:, 0], nb.distances[:, 1])
+            (self.dimension_,), (self.n_used_,), (self.n_dropped_,) = self._fit_r12(nb.distances[None, :, 0],
+                                                                                    nb.distances[None, :, 1])
             self.error_ = self.dimension_ / math.sqrt(self.n_used_)
             self.resamples_ = np.array([self.dimension_])
             return self
         gen = torch.Generator().manual_seed(self.seed)
         m = round(self.subsample_fraction * nb.n)
-        estimates, used, dropped = [], [], []
-        for _ in range(self.n_resamples):
-            subset = torch.randperm(nb.n, generator=gen)[:m].to(nb.indices.device)
-            r1, r2 = subset_two_nn(nb, subset)
-            d, n_used, n_dropped = self._fit_r12(r1, r2)
-            estimates.append(d)
-            used.append(n_used)
-            dropped.append(n_dropped)
+        subsets = torch.stack([torch.randperm(nb.n, generator=gen)[:m] for _ in range(self.n_resamples)])
+        estimates, used, dropped = self._fit_r12(*subset_two_nn(nb, subsets.to(nb.indices.device)))
         self.resamples_ = np.array(estimates)
         self.dimension_ = float(self.resamples_.mean())
         self.error_ = float(self.resamples_.std(ddof=0))
@@ -159,45 +167,54 @@ class TwoNN(_Estimator):
         self.n_dropped_ = int(round(np.mean(dropped)))
         return self
 
-    def _fit_r12(self, r1: torch.Tensor, r2: torch.Tensor) -> tuple[float, int, int]:
-        near_dup = _near_duplicate_mask(r1)
+    def _fit_r12(self, r1: torch.Tensor, r2: torch.Tensor) -> tuple[list[float], list[int], list[int]]:
+        """Estimates, points used and points dropped of each row of (R, m) distances r1, r2 (one row per subset)."""
+        near_dup = r1 <= NEAR_DUPLICATE_RTOL * torch.median(r1, dim=1, keepdim=True).values
         keep = ~near_dup & (r2 > r1)
-        n_dropped = int((~keep).sum())
-        if int(keep.sum()) < MIN_FIT_POINTS:
-            raise ValueError(f"TwoNN: only {int(keep.sum())} of {r1.numel()} points are usable after dropping "
-                             f"{int(near_dup.sum())} near duplicates and {n_dropped - int(near_dup.sum())} ties "
-                             "(r1 == r2); the data look discretized (a lattice) or collapsed onto few values, "
-                             "where TwoNN is undefined. Add jitter below the data's resolution only if that is "
-                             "what you mean to measure.")
-        _check_dropped("TwoNN", n_dropped, r1.numel())
-        mu = r2[keep] / r1[keep]
-        return twonn_linear_fit(mu, self.discard_fraction), int(keep.sum()), n_dropped
+        used, n_near = torch.stack([keep.sum(dim=1), near_dup.sum(dim=1)]).tolist()
+        m = r1.shape[1]
+        for n_used, n_near_dup in zip(used, n_near):
+            if n_used < MIN_FIT_POINTS:
+                raise ValueError(f"TwoNN: only {n_used} of {m} points are usable after dropping {n_near_dup} near "
+                                 f"duplicates and {m - n_used - n_near_dup} ties (r1 == r2); the data look discretized "
+                                 "(a lattice) or collapsed onto few values, where TwoNN is undefined. Add jitter below "
+                                 "the data's resolution only if that is what you mean to measure.")
+            _check_dropped("TwoNN", m - n_used, m)
+        # each row's kept ratios first (a stable sort of the keep mask), then the rest, which the fit ignores
+        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
+        mu = (r2 / r1).gather(1, order)
+        dropped = [m - n for n in used]
+        return twonn_linear_fits(mu, used, self.discard_fraction), used, dropped
 
 
 @torch.no_grad()
-def subset_two_nn(nb: Neighbors, subset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances r1, r2 of each point of ``subset`` to its two nearest neighbours within ``subset``.
+def subset_two_nn(nb: Neighbors, subsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances r1, r2 of each point of a subset to its two nearest neighbours within that subset; ``subsets`` is
+    (m,) indices of one subset or (R, m) of R subsets at once (the resamples), and r1, r2 have its shape.
 
     Reads them off the full-set neighbour list; points with fewer than two surviving listed
-    neighbours are searched exactly among the subset's points.
+    neighbours are searched exactly among their subset's points.
     """
-    inside = torch.zeros(nb.n, dtype=torch.bool, device=nb.indices.device)
-    inside[subset] = True
-    surv = inside[nb.indices[subset]]  # (m, k): which listed neighbours are in the subset
-    rank = surv.cumsum(dim=1)
-    first = ((rank == 1) & surv).int().argmax(dim=1, keepdim=True)
-    second = ((rank == 2) & surv).int().argmax(dim=1, keepdim=True)
-    dist = nb.distances[subset]
-    r1 = dist.gather(1, first).squeeze(1)
-    r2 = dist.gather(1, second).squeeze(1)
-    short = torch.nonzero(rank[:, -1] < 2).flatten()
-    if len(short):
-        pts = nb.points[subset]
-        exact = torch.cdist(pts[short].double(), pts.double())
-        exact[torch.arange(len(short)), short] = float("inf")
+    batch = subsets.reshape(-1, subsets.shape[-1])
+    n_sets, m = batch.shape
+    inside = torch.zeros(n_sets, nb.n, dtype=torch.bool, device=nb.indices.device)
+    inside.scatter_(1, batch, True)
+    surv = inside.gather(1, nb.indices[batch].reshape(n_sets, -1)).reshape(n_sets, m, -1)  # listed and in the subset
+    rank = surv.cumsum(dim=2)
+    first = ((rank == 1) & surv).int().argmax(dim=2, keepdim=True)
+    second = ((rank == 2) & surv).int().argmax(dim=2, keepdim=True)
+    dist = nb.distances[batch]
+    r1 = dist.gather(2, first).squeeze(2)
+    r2 = dist.gather(2, second).squeeze(2)
+    short = torch.nonzero(rank[:, :, -1] < 2)
+    for s in short[:, 0].unique().tolist():
+        rows = short[short[:, 0] == s, 1]
+        pts = nb.points[batch[s]]
+        exact = torch.cdist(pts[rows].double(), pts.double())
+        exact[torch.arange(len(rows)), rows] = float("inf")
         two = torch.topk(exact, 2, dim=1, largest=False).values
-        r1[short], r2[short] = two[:, 0], two[:, 1]
-    return r1, r2
+        r1[s, rows], r2[s, rows] = two[:, 0], two[:, 1]
+    return r1.reshape(subsets.shape), r2.reshape(subsets.shape)
 
 
 class MLE(_Estimator):

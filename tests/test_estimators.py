@@ -6,7 +6,7 @@ import skdim
 import torch
 
 from actid import GRIDE, MLE, TwoNN, fit_estimators, intrinsic_dimension, nearest_neighbors
-from actid.estimators import subset_two_nn
+from actid.estimators import subset_two_nn, twonn_linear_fit
 from tests.conftest import linear_subspace
 
 MANIFOLDS = ["M1_Sphere", "M3_Nonlinear_4to6", "M5b_Helix2d", "M7_Roll", "M9_Affine", "M10b_Cubic", "Mn1_Nonlinear"]
@@ -104,6 +104,19 @@ def test_resampling_falls_back_to_exact_search_when_neighbour_lists_run_out(subs
     direct.fill_diagonal_(float("inf"))
     two = torch.topk(direct, 2, largest=False).values
     assert torch.allclose(r1, two[:, 0], rtol=1e-5) and torch.allclose(r2, two[:, 1], rtol=1e-5)
+
+
+def test_resamples_at_once_equal_one_by_one(subspace10):
+    """The resamples are read off in one batch (some lists run out: k=3, 50% subsets); each equals its own call."""
+    nb = nearest_neighbors(subspace10, k=3)
+    gen = torch.Generator().manual_seed(0)
+    subsets = torch.stack([torch.randperm(nb.n, generator=gen)[:1500] for _ in range(4)])
+    r1, r2 = subset_two_nn(nb, subsets)
+    for row, subset in enumerate(subsets):
+        one_r1, one_r2 = subset_two_nn(nb, subset)
+        assert torch.equal(r1[row], one_r1) and torch.equal(r2[row], one_r2)
+    est = TwoNN(n_resamples=4, subsample_fraction=0.5, seed=0).fit_neighbors(nb)
+    assert est.resamples_.tolist() == [twonn_linear_fit((b / a)[b > a]) for a, b in zip(r1, r2)]
 
 
 def test_same_seed_same_result_on_cpu(subspace10):

