@@ -13,7 +13,7 @@ out=${1:-${OUT:-/tmp}}
 mkdir -p "$out"
 pip_target=/tmp/gpu_site
 python3 -m pip install -q --no-index --no-deps --no-compile --ignore-requires-python --target "$pip_target" .gpu/wheels/*.whl || exit 1
-export PYTHONPATH="$PWD:$pip_target" ATEN_CPU_CAPABILITY= TQDM_DISABLE=1
+export PYTHONPATH="$PWD:$pip_target" TQDM_DISABLE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
 run() {  # name, timeout in seconds, command...
