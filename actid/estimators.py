@@ -69,7 +69,8 @@ def twonn_linear_fits(mu: torch.Tensor, counts: list[int], discard_fraction: flo
 
 
 def _near_duplicate_mask(r1: torch.Tensor) -> torch.Tensor:
-    return r1 <= NEAR_DUPLICATE_RTOL * torch.median(r1)
+    """Near duplicates among nearest distances r1, per row of the last dimension (one row per subset)."""
+    return r1 <= NEAR_DUPLICATE_RTOL * torch.median(r1, dim=-1, keepdim=True).values
 
 
 def _check_dropped(name: str, n_dropped: int, n: int) -> None:
@@ -169,7 +170,7 @@ class TwoNN(_Estimator):
 
     def _fit_r12(self, r1: torch.Tensor, r2: torch.Tensor) -> tuple[list[float], list[int], list[int]]:
         """Estimates, points used and points dropped of each row of (R, m) distances r1, r2 (one row per subset)."""
-        near_dup = r1 <= NEAR_DUPLICATE_RTOL * torch.median(r1, dim=1, keepdim=True).values
+        near_dup = _near_duplicate_mask(r1)
         keep = ~near_dup & (r2 > r1)
         used, n_near = torch.stack([keep.sum(dim=1), near_dup.sum(dim=1)]).tolist()
         m = r1.shape[1]

@@ -244,7 +244,6 @@ def nearest_neighbors(
     tensor_cores = _uses_tf32(device)
     kc = min(n - 1, k + (margin if margin is not None else 8 if tensor_cores else 4))
     budget = block_bytes or (2**30 if device.type == "cuda" else 2**24)
-    slack_factor = 5e-3 if tensor_cores else 1e-5  # TF32's unit round-off is 2^-11; fp32's 2^-24
     rows = torch.arange(n, device=device)
 
     def search(Z: torch.Tensor, query: torch.Tensor, tf32: bool):
@@ -252,7 +251,8 @@ def nearest_neighbors(
         with _tf32(tf32):
             cand, bound = _candidates(Z, query, kc, budget)
         dist, idx = _rerank(X, query, cand, k, budget)
-        return dist, idx, _uncertified(dist, bound, Z, query, slack_factor if tf32 else 1e-5)
+        # slack for the candidate matmul's round-off: TF32's unit round-off is 2^-11, fp32's 2^-24
+        return dist, idx, _uncertified(dist, bound, Z, query, 5e-3 if tf32 else 1e-5)
 
     Z, projected = X, False
     if 0 < search_dims and 2 * search_dims < X.shape[1] and n >= PROJECTION_MIN_ROWS_PER_DIM * search_dims:

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 import actid.train as train_module
 from actid import neighbors
-from actid.capture import eval_mode, recording
+from actid.capture import capture_activations
 from actid.data.images import DeviceAugment, load_image_dataset
 from actid.estimators import TwoNN
 from actid.measures import build_measures, build_probes
@@ -168,11 +168,8 @@ def evaluation_rows(args, device: torch.device) -> list[tuple[str, float, str]]:
     rows.append(("evaluation: loss/acc + TwoNN of the 6 layers", whole, f"{args.val_images} images"))
     forward = median_of(lambda: evaluate(task, replace(paper, measures={}), [], probes, 1, 1, False))
     rows.append(("  forward pass, loss/acc only", forward, ""))
-    with torch.no_grad(), eval_mode(task.model), recording(task.model, task.id_layers, store=device,
-                                                          dtype=torch.float32) as chunks:
-        for start in range(0, args.val_images, paper.eval_batch_size):
-            task.model(in_layout(task, task.eval_sets["val"][0][start:start + paper.eval_batch_size]))
-    acts = {name: torch.cat(chunks[name]) for name in task.id_layers}
+    acts = capture_activations(task.model, in_layout(task, task.eval_sets["val"][0]), task.id_layers,
+                               batch_size=paper.eval_batch_size, dtype=torch.float32, keep_on_device=True)
     options = paper.measures["id"]["options"]
     baseline = load_module(args.baseline_neighbors, "baseline_neighbors") if args.baseline_neighbors else None
     for layer, X in acts.items():
