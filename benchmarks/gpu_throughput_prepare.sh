@@ -8,10 +8,14 @@ set -euo pipefail
 baseline=${1:-fabe584}     # main before the pilot and the TF32 search again (issue 16's "today")
 pyver=${2:-3.12}           # the GPU image's Python
 cd "$(git rev-parse --show-toplevel)"
+marker="made by benchmarks/gpu_throughput_prepare.sh"
+if [ -e .gpu ] && ! grep -qs "$marker" .gpu/README; then
+  echo ".gpu/ exists and was not made by this script; move it away first" >&2; exit 1
+fi
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
-rm -rf .gpu/wheels && mkdir -p .gpu/wheels
+rm -rf .gpu/wheels && mkdir -p .gpu/wheels  # ours (marker above): one version of each wheel
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" --implementation py \
   --platform any --ignore-requires-python -d .gpu/wheels mlxtend torchid
 git show "$baseline:actid/neighbors.py" > .gpu/neighbors_baseline.py
-echo "baseline $baseline" > .gpu/README
+printf "%s\nbaseline %s\n" "$marker" "$baseline" > .gpu/README
 ls -la .gpu .gpu/wheels
