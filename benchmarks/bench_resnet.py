@@ -172,15 +172,15 @@ def evaluation_rows(args, device: torch.device) -> list[tuple[str, float, str]]:
                                batch_size=paper.eval_batch_size, dtype=torch.float32, keep_on_device=True)
     options = paper.measures["id"]["options"]
     baseline = load_module(args.baseline_neighbors, "baseline_neighbors") if args.baseline_neighbors else None
+    k = TwoNN(**options).neighbors_needed()
     for layer, X in acts.items():
         X = X.reshape(len(X), -1)
         t = median_of(lambda: TwoNN(**options).fit(X))
-        nb = neighbors.nearest_neighbors(X, k=TwoNN(**options).neighbors_needed())
+        nb = neighbors.nearest_neighbors(X, k=k)
         note = f"D={X.shape[1]}, projected={nb.projected}, searched again {nb.n_researched}/{nb.n}"
         t_unique = median_of(lambda: torch.unique(X, dim=0))
         note += f"; torch.unique {t_unique * 1000:.1f} ms"
         if baseline is not None:
-            k = TwoNN(**options).neighbors_needed()
             t_base = median_of(lambda: baseline.nearest_neighbors(X, k=k))
             t_now = median_of(lambda: neighbors.nearest_neighbors(X, k=k))
             note += f"; search {t_now * 1000:.0f} ms vs baseline {t_base * 1000:.0f} ms ({t_base / t_now:.2f}x)"
