@@ -3,7 +3,7 @@
 A small run (the grokking grid: 16 runs of a 0.4M-parameter transformer) leaves a GPU idle between its kernel
 launches; trained as one model, K runs launch each kernel once. Each run keeps everything that makes it a run:
 its directory, rows, measures, checkpoint (in :func:`actid.train.train`'s format), batch order, dropout stream,
-learning-rate schedule and weight decay. With fp32 on the CPU its rows equal those of the same run trained alone
+learning-rate schedule and weight decay (its :class:`actid.train_state.TrainState`). With fp32 on the CPU its rows equal those of the same run trained alone
 to float rounding (``tests/test_batched.py``); its random streams are the same ones, value for value.
 
 Which runs can share one model: :func:`batch_key` (same architecture, steps, evaluation steps, batch size,
@@ -29,11 +29,13 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from actid import schema
+from actid.evaluation import evaluate, probe_sets
 from actid.measures import build_measures, build_probes
 from actid.runs import Run
-from actid.train import (EpochSampler, Task, TrainConfig, TrainingInterrupted, check_checkpoint_rows, check_resume,
-                         evaluate, evaluation_steps, flushing_denormals, lr_factor, make_optimizer, probe_sets,
-                         resolve_device, runtime, warn_if_emulated_bf16)
+from actid.task import Task
+from actid.train import (TrainConfig, TrainingInterrupted, evaluation_steps, flushing_denormals, lr_factor,
+                         make_optimizer, resolve_device)
+from actid.train_state import Progress, TrainState, runtime, warn_if_emulated_bf16
 
 
 def batch_key(task: Task, cfg: TrainConfig) -> tuple | None:
@@ -109,13 +111,12 @@ class StackedAdam:
             raise ValueError(f"the runs' optimizers are at different steps {sorted(steps)}; batched runs step together")
         self.steps = steps.pop() if steps else 0
 
-    def export(self, k: int, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
-        """Run ``k``'s state as its torch optimizer's ``state_dict()``."""
+    def export(self, k: int, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+        """Put run ``k``'s state into its torch optimizer (which the checkpoint then saves)."""
         for name, p in model.named_parameters():
             optimizer.state[p] = {"step": torch.tensor(float(self.steps)),
                                   "exp_avg": self.exp_avg[name][k].clone(),
                                   "exp_avg_sq": self.exp_avg_sq[name][k].clone()}
-        return optimizer.state_dict()
 
 
 def train_batched(members: list[tuple[Task, TrainConfig, Run]], *, progress: bool | Callable = True,
@@ -159,43 +160,28 @@ def _train_locked(members, progress, stop_after, interrupt) -> None:
     models = [t.model.to(device).train() for t in tasks]
     measures = [build_measures(c.measures, c.seed) for c in cfgs]
     probes = [probe_sets(t, build_probes(c.probes, c.seed)) for t, c in zip(tasks, cfgs)]
-    optimizers = [make_optimizer(m, c) for m, c in zip(models, cfgs)]
-    samplers = [EpochSampler(len(t.train_x), c.batch_size, c.seed, t.train_x.device) for t, c in zip(tasks, cfgs)]
-    aug_gens = [torch.Generator(device=t.train_x.device).manual_seed(c.seed + 1) for t, c in zip(tasks, cfgs)]
-    # each run's dropout stream: the default generator of the device a separate run would draw from, seeded alike
-    dropout_gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
-    cpu_gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]  # a separate run's CPU stream (unused on CUDA)
-
-    rows, elapsed, steps = [[] for _ in runs], [0.0] * len(runs), []
-    for k, run in enumerate(runs):
-        state = run.load_checkpoint()
-        if state is None:
-            run.set_aside_orphan_rows()
-            steps.append(0)
-        else:
-            check_resume(run.name, state.get("runtime"), now)
-            models[k].load_state_dict(state["model"])
-            optimizers[k].load_state_dict(state["optimizer"])
-            samplers[k].load_state_dict(state["sampler"])
-            aug_gens[k].set_state(state["aug_generator"])
-            cpu_gens[k].set_state(state["cpu_rng"])
-            dropout_gens[k].set_state(state["cpu_rng"] if device.type == "cpu" else state["cuda_rng"])
-            steps.append(state["step"])
-            elapsed[k], rows[k] = state["elapsed"], state["rows"]
-            check_checkpoint_rows(run, rows[k], state["step"], cfgs[k])
-            run.restore_rows(rows[k])
-        if run.config_path.exists():
-            run.record_runtime(now)
-    if len({(s, len(r)) for s, r in zip(steps, rows)}) > 1:
-        raise ValueError(f"runs {[r.name for r in runs]} are at different steps {steps} (or rows); batched runs must "
-                         "resume from the same point (actid.batched.group_members groups them so)")
-    step = steps[0]
+    all_evals = evaluation_steps(cfg0)
+    states, resumed = [], []
+    for task, cfg, model, run in zip(tasks, cfgs, models, runs):
+        # each run's dropout stream: the default generator of the device a separate run would draw from, seeded
+        # alike; on CUDA also a separate run's CPU stream (unused there)
+        dropout = torch.Generator(device=device).manual_seed(cfg.seed)
+        cpu, cuda = (dropout, None) if device.type != "cuda" else (torch.Generator().manual_seed(cfg.seed), dropout)
+        states.append(TrainState.new(model, make_optimizer(model, cfg), len(task.train_x), cfg.batch_size, cfg.seed,
+                                     task.train_x.device, cpu, cuda))
+        resumed.append(states[-1].restore(run, now, all_evals))
+    if len({(p.step, len(p.rows)) for p in resumed}) > 1:
+        raise ValueError(f"runs {[r.name for r in runs]} are at different steps {[p.step for p in resumed]} (or rows); "
+                         "batched runs must resume from the same point (actid.batched.group_members groups them so)")
+    step = resumed[0].step
+    rows, elapsed = [p.rows for p in resumed], [p.elapsed for p in resumed]
+    dropout_gens = [state.cuda_rng if device.type == "cuda" else state.cpu_rng for state in states]
 
     names = [name for name, _ in models[0].named_parameters()]
     params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_()
               for name in names}
     adam = StackedAdam(params, cfg0.optimizer, tuple(cfg0.betas), cfg0.eps, [c.weight_decay for c in cfgs])
-    adam.load(optimizers, models)
+    adam.load([state.optimizer for state in states], models)
     base = copy.deepcopy(models[0]).to("meta").train()  # the architecture; its weights come from `params`
 
     def run_loss(weights, x, y, real, masks):  # real: 1 for the run's examples, 0 for padding
@@ -211,22 +197,17 @@ def _train_locked(members, progress, stop_after, interrupt) -> None:
                 for name, p in model.named_parameters():
                     p.copy_(params[name][k])
 
-    def save_checkpoint(k: int) -> None:
-        cfg = cfgs[k]
-        for group in optimizers[k].param_groups:
+    def save_checkpoint(k: int) -> None:  # in a separate run's format: the Adam state goes into torch's optimizer
+        cfg, state = cfgs[k], states[k]
+        for group in state.optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(max(step - 1, 0), cfg)
-        runs[k].save_checkpoint({
-            "model": models[k].state_dict(), "optimizer": adam.export(k, optimizers[k], models[k]),
-            "sampler": samplers[k].state_dict(), "aug_generator": aug_gens[k].get_state(),
-            "cpu_rng": dropout_gens[k].get_state() if device.type == "cpu" else cpu_gens[k].get_state(),
-            "cuda_rng": dropout_gens[k].get_state() if device.type == "cuda" else None,
-            "step": step, "elapsed": elapsed[k] + time.perf_counter() - started, "rows": rows[k], "runtime": now})
+        adam.export(k, state.optimizer, models[k])
+        state.save(runs[k], Progress(step, elapsed[k] + time.perf_counter() - started, rows[k]), now)
 
     batched_loss, batched_loss_full = vmap(run_loss), vmap(run_loss_full)
     # every step's learning rate of every run, on the device once (no copy per step)
     learning_rates = torch.tensor([[c.lr * lr_factor(s, c) for c in cfgs] for s in range(cfg0.steps)],
                                   dtype=torch.float64, device=device)
-    all_evals = evaluation_steps(cfg0)
     eval_steps = [s for s in all_evals if s > step or (s == 0 and not rows[0])]
     started = time.perf_counter()
     bar = tqdm(total=cfg0.steps, initial=step, desc=f"{len(runs)} runs as one model", disable=progress is not True,
@@ -235,7 +216,7 @@ def _train_locked(members, progress, stop_after, interrupt) -> None:
     for target in eval_steps:
         with flushing_denormals(task0.flush_denormal):
             while step < target:
-                batches = [(t.train_x[idx], t.train_y[idx]) for t, idx in zip(tasks, (s.next() for s in samplers))]
+                batches = [(t.train_x[idx], t.train_y[idx]) for t, idx in zip(tasks, (s.sampler.next() for s in states))]
                 sizes = [len(y) for _, y in batches]
                 masks = [m.dropout_masks(*x.shape, generator=g) for m, (x, _), g in zip(models, batches, dropout_gens)]
                 size = max(sizes)
@@ -266,7 +247,7 @@ def _train_locked(members, progress, stop_after, interrupt) -> None:
         for k in range(len(runs)):
             cfg = cfgs[k]
             row = {schema.STEP: step, schema.LEARNING_RATE: cfg.lr * lr_factor(max(step - 1, 0), cfg),
-                   **evaluate(tasks[k], cfg, measures[k], probes[k], step, index, last)}
+                   **evaluate(tasks[k], measures[k], probes[k], step, index, last, cfg.eval_batch_size)}
             rows[k].append(row)
             if cfg.snapshot_every and (index % cfg.snapshot_every == 0 or last):
                 runs[k].save_snapshot(step, models[k].state_dict())

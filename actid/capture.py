@@ -1,20 +1,24 @@
-"""Capture layer activations with forward hooks, and turn them into per-layer IDs, LLID and PID.
+"""Capture layer activations with forward hooks: a context manager that always removes its hooks.
 
-Definitions (Brown et al. 2022; the official README swaps them, see ``docs/reproduction.md``):
-
-* LLID, last-layer ID: the ID of the representation that feeds the classifier.
-* PID, peak ID: the largest ID over the tracked layers.
+:func:`capture_activations` runs a model over data and returns each named layer's flattened outputs;
+:func:`recording` records them during forward passes a caller makes anyway (e.g. the accuracy pass of an
+evaluation). What is computed from activations (IDs, LLID, PID, ...) lives with the measures (:mod:`actid.measures`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from actid.estimators import TwoNN
+from actid._moved import moved
+
+MOVED = {"layer_ids": "actid.measures.intrinsic", "llid": "actid.measures.intrinsic",
+         "peak_id": "actid.measures.intrinsic"}
+"""ID definitions this module held; they live with the ID measure now (:mod:`actid._moved`)."""
+__getattr__ = moved(__name__, MOVED)
 
 
 def check_layer_names(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
@@ -133,26 +137,3 @@ def capture_activations(
         for x in _batches(data, batch_size):
             model(x.to(device, non_blocking=True))
     return {name: torch.cat(parts) for name, parts in chunks.items()}
-
-
-def layer_ids(activations: Mapping[str, torch.Tensor], estimator=None, device=None) -> dict[str, dict]:
-    """Fit ``estimator`` (default: the paper's TwoNN, 20 resamples of 90%) to each layer's activations.
-
-    Returns {layer: estimator.as_dict()}, i.e. dimension, error and point counts per layer.
-    """
-    estimator = estimator or TwoNN(n_resamples=20)
-    return {name: estimator.fit(acts, device=device).as_dict() for name, acts in activations.items()}
-
-
-def llid(ids: Mapping[str, float], last_layer: str) -> float:
-    """Last-layer ID: the ID of ``last_layer``, the representation feeding the classifier."""
-    if last_layer not in ids:
-        raise KeyError(f"LLID layer {last_layer!r} was not measured; measured layers: {list(ids)}")
-    return float(ids[last_layer])
-
-
-def peak_id(ids: Mapping[str, float]) -> float:
-    """Peak ID: the maximum ID over the tracked layers."""
-    if not ids:
-        raise ValueError("peak_id needs at least one layer's ID")
-    return float(max(ids.values()))

@@ -1,5 +1,5 @@
-"""The paper-claims table: each figure notebook lists, in its ``metrics.json``, the claims its figure
-tests (``claim``); ``python -m actid.claims <metrics.json> ... -o figures/claims.md`` gathers them into
+"""The paper-claims table: each figure notebook collects the claims its figure tests (:class:`Claims`) into its
+``metrics.json``; ``python -m actid.claims <metrics.json> ... -o figures/claims.md`` gathers them into
 one Markdown table (the last stage of ``dvc.yaml``).
 
 A claim agrees when our statistic has the paper's direction *and* passes the test stated in its
@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from actid.runs import atomic_write_text
+from actid.io import atomic_write_text
 
 SIGNIFICANCE = 0.05  # two-sided p below which a correlation counts
 
@@ -25,6 +25,27 @@ def claim(figure: str, text: str, paper: str, ours: str, agrees: bool | None, pr
         ours, agrees = f"{ours} [{n_unfinished} run(s) unfinished: no verdict]", None
     return {"figure": figure, "claim": text, "paper": paper, "ours": ours, "profile": profile or "?",
             "agrees": agrees}
+
+
+class Claims:
+    """The claims one figure notebook tests, in order: :meth:`add` one per statement, then write :attr:`rows` into
+    the notebook's ``metrics.json``. ``figure``, ``profile`` and ``n_unfinished`` are those of every claim unless
+    :meth:`add` names another figure."""
+
+    def __init__(self, figure: str | None, profile: str | None, n_unfinished: int = 0):
+        self.figure, self.profile, self.n_unfinished = figure, profile, n_unfinished
+        self.rows: list[dict] = []
+
+    def add(self, text: str, paper: str, ours: str, agrees: bool | None, *, figure: str | None = None) -> dict:
+        """One claim (see :func:`claim`), appended and returned."""
+        row = claim(figure or self.figure, text, paper, ours, agrees, self.profile, self.n_unfinished)
+        self.rows.append(row)
+        return row
+
+    def print(self) -> None:
+        """Each claim on one line: its verdict, statement and our statistic."""
+        for c in self.rows:
+            print(f"[{c['agrees']}] {c['claim']}: {c['ours']}")
 
 
 def profile_label(runs) -> str:

@@ -31,3 +31,24 @@ def check_keys(config: dict[str, Any], *known: type | set[str]) -> None:
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise KeyError(f"unknown config key(s) {unknown}; known keys: {sorted(allowed)}")
+
+
+def refuse_derived(config: dict[str, Any], derived: set[str], instead: str) -> None:
+    """Raise if ``config`` sets a key that ``build`` derives (e.g. ``steps`` from ``epochs``), naming what to set."""
+    keys = sorted(derived & set(config))
+    if keys:
+        raise KeyError(f"{keys} {'is' if len(keys) == 1 else 'are'} derived from epochs; set {instead} instead")
+
+
+def flat_config(*parts, drop: set[str] = frozenset()) -> dict[str, Any]:
+    """The run config of dataclass instances ``parts``: their fields in order (later parts win), without ``drop``,
+    tuples as lists (so it equals its JSON round trip in ``config.json``)."""
+    flat: dict[str, Any] = {}
+    for part in parts:
+        flat.update(dataclasses.asdict(part))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items() if k not in drop}
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch: every example once, the last batch possibly smaller."""
+    return -(-n_examples // batch_size)

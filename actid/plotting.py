@@ -1,5 +1,5 @@
 """One figure style for every notebook: seaborn theme, a colour per condition, markers for
-unfinished runs, and outputs (PNG + PDF, JSON, CSV) written atomically to a chosen folder.
+unfinished runs, and figures (PNG + PDF) written atomically to a chosen folder (JSON and CSV: :mod:`actid.io`).
 
 Interactive use and the pipeline differ on purpose: a notebook's ``out_dir`` parameter is ``None``
 by default, so exploring in JupyterLab writes to the scratch folder ``build/figures/<name>`` (figures
@@ -8,8 +8,6 @@ also show inline); the DVC stages pass ``out_dir=figures/<name>`` through paperm
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,8 +16,13 @@ import seaborn as sns
 from matplotlib.colors import ListedColormap
 from matplotlib.lines import Line2D
 
+from actid._moved import moved
+from actid.io import atomic_write
 from actid.paths import ROOT, resolve
-from actid.runs import atomic_write, atomic_write_text
+
+MOVED = {"save_json": "actid.io:write_json", "save_csv": "actid.io:write_csv", "_finite": "actid.io:json_ready"}
+"""Writers of data files this module held; :mod:`actid.io` owns them now (:mod:`actid._moved`)."""
+__getattr__ = moved(__name__, MOVED)
 
 _PALETTE = sns.color_palette("colorblind")
 PALETTE = list(_PALETTE)  # for several layers in one panel, in order
@@ -83,27 +86,3 @@ def save_figure(fig: plt.Figure, out: Path, stem: str, dpi: int = 150) -> None:
     the same data give the same bytes."""
     atomic_write(out / f"{stem}.png", lambda f: fig.savefig(f, format="png", dpi=dpi))
     atomic_write(out / f"{stem}.pdf", lambda f: fig.savefig(f, format="pdf", metadata={"CreationDate": None}))
-
-
-def save_json(path: Path, data: dict) -> None:
-    """``data`` as indented JSON (NaN and infinities become null, which JSON readers accept)."""
-    text = json.dumps(_finite(data), indent=1) + "\n"
-    atomic_write_text(path, text)
-
-
-def save_csv(table, path: Path) -> None:
-    """A pandas table as CSV, written atomically."""
-    atomic_write_text(path, table.to_csv())
-
-
-def _finite(value):
-    """JSON-ready: numpy scalars to Python ones, NaN and infinities to None."""
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        value = value.item()
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

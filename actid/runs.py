@@ -10,8 +10,8 @@ A run is a directory::
     done.json      written last: the final row and the wall time
     .lock          held by the process writing the run
 
-Every file is written atomically (a temporary file, fsync, rename): a killed process leaves the old
-version or the new one, never half a file. Two processes cannot write one run: the second fails at
+Every file is written atomically (:mod:`actid.io`: a temporary file, fsync, rename): a killed process leaves
+the old version or the new one, never half a file. Two processes cannot write one run: the second fails at
 once with a message naming the first.
 
 **Identity.** A run is identified by its scientific config: every key except :data:`NOT_IDENTITY`,
@@ -29,14 +29,19 @@ import math
 import os
 import platform
 import socket
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-import actid
 from actid import schema
+from actid._moved import moved
+from actid import io as files
+from actid.version import __version__
+
+MOVED = {"atomic_write": "actid.io", "atomic_write_text": "actid.io", "_new_file_mode": "actid.io"}
+"""Names this module held before the io module (:mod:`actid._moved`)."""
+__getattr__ = moved(__name__, MOVED)
 
 NOT_IDENTITY = {
     "device": "where it runs ('auto', 'cpu', 'cuda', 'cuda:1')",
@@ -62,50 +67,6 @@ def identity(config: dict) -> dict:
 
 class RunLockedError(RuntimeError):
     """Another process is writing this run."""
-
-
-def _new_file_mode() -> int:
-    """The permissions ``open()`` would give a new file (0o666 less the umask); mkstemp's are 0o600.
-
-    The umask is read from /proc where it can be, since setting it to read it back is not thread-safe."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        umask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
-    except (OSError, StopIteration, ValueError, IndexError):
-        umask = os.umask(0o022)
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write ``path`` through ``write(file_object)`` on a temporary file, fsync, then rename over it.
-
-    The file gets the permissions of the file it replaces, or those of a newly opened file (so a
-    group that shares a results folder can read it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """``atomic_write`` of a text (UTF-8)."""
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -175,15 +136,16 @@ class Run:
                 raise ValueError(f"{self.path} holds a run of another config (keys {changed} differ); "
                                  "move it aside or choose another directory")
             return
-        versions = {"actid": actid.__version__, "torch": torch.__version__, "python": platform.python_version()}
-        atomic_write_text(self.config_path, json.dumps({"config": config, **meta, "versions": versions}, indent=1))
+        versions = {"actid": __version__, "torch": torch.__version__, "python": platform.python_version()}
+        record = {"config": config, **meta, "versions": versions}
+        files.atomic_write_text(self.config_path, json.dumps(record, indent=1))
 
     def runtime(self) -> dict | None:
         """Where an unfinished run has been training (None before its first step)."""
         return self.meta().get("runtime") if self.config_path.exists() else None
 
     def record_runtime(self, runtime: dict) -> None:
-        atomic_write_text(self.config_path, json.dumps({**self.meta(), "runtime": runtime}, indent=1))
+        files.atomic_write_text(self.config_path, json.dumps({**self.meta(), "runtime": runtime}, indent=1))
 
     # --- rows ------------------------------------------------------------------------------------
 
@@ -204,7 +166,7 @@ class Run:
 
     def write_rows(self, rows: list[dict]) -> None:
         """Replace ``metrics.csv`` by ``rows`` (atomically: readers never see a partial row)."""
-        atomic_write(self.metrics_path, lambda f: pd.DataFrame(rows).to_csv(f, index=False))
+        files.atomic_write(self.metrics_path, lambda f: pd.DataFrame(rows).to_csv(f, index=False))
 
     def append_row(self, row: dict) -> None:
         """Add one row (for loops that keep no checkpoint, e.g. :class:`actid.Tracker`)."""
@@ -251,7 +213,7 @@ class Run:
     # --- checkpoint, snapshots, completion ------------------------------------------------------
 
     def save_checkpoint(self, state: dict) -> None:
-        atomic_write(self.checkpoint_path, lambda f: torch.save(state, f))
+        files.atomic_write(self.checkpoint_path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self) -> dict | None:
         if not self.checkpoint_path.exists():
@@ -264,7 +226,7 @@ class Run:
 
     def save_snapshot(self, step: int, model_state: dict) -> None:
         """Keep the model's weights at an evaluation (e.g. to rewind layers to an earlier epoch later)."""
-        atomic_write(self.snapshot_path(step), lambda f: torch.save(model_state, f))
+        files.atomic_write(self.snapshot_path(step), lambda f: torch.save(model_state, f))
 
     def snapshot_steps(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.snapshot_dir.glob("step-*.pt"))
@@ -278,8 +240,8 @@ class Run:
     def finish(self, rows: list[dict], train_seconds: float) -> None:
         """Write the last rows, then ``done.json``, then drop the checkpoint."""
         self.write_rows(rows)
-        atomic_write_text(self.done_path, json.dumps({"final": rows[-1], "train_seconds": round(train_seconds, 2)},
-                                               indent=1))
+        done = {"final": rows[-1], "train_seconds": round(train_seconds, 2)}
+        files.atomic_write_text(self.done_path, json.dumps(done, indent=1))
         self.checkpoint_path.unlink(missing_ok=True)
 
     # --- lock ----------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ from torch.nn import functional as F
 
 from actid import schema
 from actid.capture import check_layer_names
-from actid.measures import Measure, build_measures, build_probes
+from actid.evaluation import evaluate, probe_sets
+from actid.measures import Measure, build_measures, build_probes, resolve_measures, resolve_probes
 from actid.runs import Run
-from actid.train import Task, TrainConfig, evaluate, probe_sets
+from actid.task import Task
 
 
 class Tracker:
@@ -51,15 +52,19 @@ class Tracker:
         device = next(model.parameters()).device
         eval_sets = {name: (x.to(device), y.to(device)) for name, (x, y) in probes.items()}
         spec = measures if isinstance(measures, dict) or measures is None else {m.name: m.params() for m in measures}
-        self.cfg = TrainConfig(eval_batch_size=batch_size, seed=seed, measures={"id": {}} if spec is None else spec,
-                               probes={name: {"split": name} for name in eval_sets})
+        self.probes_spec = resolve_probes({name: {"split": name} for name in eval_sets}, seed)
+        self.measures_spec = resolve_measures({"id": {}} if spec is None else spec, seed)
+        missing = {n: m["probe"] for n, m in self.measures_spec.items() if m["probe"] not in self.probes_spec}
+        if missing:
+            raise KeyError(f"measure(s) {missing} name probes that are not defined; probes: {sorted(self.probes_spec)}")
+        self.batch_size = batch_size
         self.task = Task(model=model, train_x=torch.empty(0), train_y=torch.empty(0), eval_sets=eval_sets,
                          id_layers=list(layers), llid_layer=llid_layer or layers[-1], loss_fn=loss_fn)
-        self.measures = build_measures(self.cfg.measures, seed)
-        self.probes = probe_sets(self.task, build_probes(self.cfg.probes, seed))
+        self.measures = build_measures(self.measures_spec, seed)
+        self.probes = probe_sets(self.task, build_probes(self.probes_spec, seed))
         self.run = Run(run_dir)
-        recorded = {"layers": list(layers), "llid_layer": self.task.llid_layer, "measures": self.cfg.measures,
-                    "probes": self.cfg.probes, "probe_sizes": {n: len(x) for n, (x, _) in eval_sets.items()},
+        recorded = {"layers": list(layers), "llid_layer": self.task.llid_layer, "measures": self.measures_spec,
+                    "probes": self.probes_spec, "probe_sizes": {n: len(x) for n, (x, _) in eval_sets.items()},
                     "seed": seed, **(config or {})}
         self.run.write_config(recorded, {"experiment": "tracker", "profile": None})
         self.calls = 0
@@ -67,8 +72,8 @@ class Tracker:
     def measure(self, step: int) -> dict[str, float]:
         """Measure now, append the row (atomically) and return it."""
         with self.run.lock():
-            row = {schema.STEP: step, **evaluate(self.task, self.cfg, self.measures, self.probes, step, self.calls,
-                                                 last=False)}
+            row = {schema.STEP: step, **evaluate(self.task, self.measures, self.probes, step, self.calls, last=False,
+                                                 batch_size=self.batch_size)}
             self.run.append_row(row)
         self.calls += 1
         return row

@@ -25,8 +25,9 @@ from actid.experiments import memorization
 from actid.measures import build_measures, build_probes, gradient_alignment
 from actid.measures.alignment import omega_from_sums
 from actid.paths import ROOT
-from actid.sweep import sweep_points
-from actid.train import TrainConfig, evaluate, probe_sets
+from actid.pipeline.grid import sweep_points
+from actid.evaluation import evaluate, probe_sets
+from actid.train import TrainConfig
 
 
 def per_example_loop(model, inputs, labels, loss_fn) -> dict[str, float]:
@@ -71,7 +72,7 @@ def main() -> None:
     def evaluation(measures: dict):
         c = TrainConfig(**{**{k: v for k, v in vars(cfg).items() if k != "measures"}, "measures": measures})
         ms = build_measures(c.measures, c.seed)
-        return lambda: evaluate(task, c, ms, probes, cfg.steps, 0, True)
+        return lambda: evaluate(task, ms, probes, cfg.steps, 0, True, c.eval_batch_size)
 
     without = {k: v for k, v in cfg.measures.items() if k != "gradient_alignment"}
     alone = {f"only {k}": evaluation({k: v}) for k, v in cfg.measures.items()}

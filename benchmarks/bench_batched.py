@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from actid.runs import load_runs
-from actid.sweep import sweep_points
+from actid.pipeline.grid import sweep_points
 
 
 def sweep_seconds(args, mode: str, jobs: int, out: Path) -> float:

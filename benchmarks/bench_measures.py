@@ -30,8 +30,9 @@ import yaml
 
 from actid.measures import build_measures, build_probes
 from actid.paths import ROOT
-from actid.sweep import sweep_points
-from actid.train import TrainConfig, evaluate, probe_sets, train
+from actid.pipeline.grid import sweep_points
+from actid.evaluation import evaluate, probe_sets
+from actid.train import TrainConfig, train
 
 LAST = {"grokking": "blocks.1.mlp", "regularization": "avg_pool"}  # LLID layers
 HEAD = {"grokking": "head", "regularization": "fc"}  # the classifier, for circuit complexity
@@ -110,7 +111,7 @@ def bench(experiment: str, device: str, repeats: int) -> dict:
         c = TrainConfig(**{**{k: v for k, v in vars(cfg).items() if k not in ("measures", "probes")},
                            "measures": measures, "probes": probes})
         ms, ps = build_measures(c.measures, c.seed), probe_sets(task, build_probes(c.probes, c.seed))
-        return lambda: evaluate(task, c, ms, ps, cfg.steps, 0, True)
+        return lambda: evaluate(task, ms, ps, cfg.steps, 0, True, c.eval_batch_size)
 
     cheap = cheap_measures(experiment, config["measures"]["id"])
     configs = {"plain": {}, "twonn": {"id": cheap["id"]}, "all": cheap,

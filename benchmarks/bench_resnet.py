@@ -46,7 +46,9 @@ from actid.data.images import DeviceAugment, load_image_dataset
 from actid.estimators import TwoNN
 from actid.measures import build_measures, build_probes
 from actid.models.resnet import ResNet18
-from actid.train import Task, TrainConfig, evaluate, in_layout, probe_sets, train
+from actid.evaluation import evaluate, probe_sets
+from actid.task import Task, in_layout
+from actid.train import TrainConfig, train
 
 
 def sync(device: torch.device) -> None:
@@ -164,9 +166,9 @@ def evaluation_rows(args, device: torch.device) -> list[tuple[str, float, str]]:
         fn()
         return statistics.median(timed(fn, device) for _ in range(args.repeats))
 
-    whole = median_of(lambda: evaluate(task, paper, build_measures(paper.measures, 0), probes, 1, 1, False))
+    whole = median_of(lambda: evaluate(task, build_measures(paper.measures, 0), probes, 1, 1, False, paper.eval_batch_size))
     rows.append(("evaluation: loss/acc + TwoNN of the 6 layers", whole, f"{args.val_images} images"))
-    forward = median_of(lambda: evaluate(task, replace(paper, measures={}), [], probes, 1, 1, False))
+    forward = median_of(lambda: evaluate(task, [], probes, 1, 1, False, paper.eval_batch_size))
     rows.append(("  forward pass, loss/acc only", forward, ""))
     acts = capture_activations(task.model, in_layout(task, task.eval_sets["val"][0]), task.id_layers,
                                batch_size=paper.eval_batch_size, dtype=torch.float32, keep_on_device=True)

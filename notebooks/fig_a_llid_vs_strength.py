@@ -38,8 +38,10 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from actid import plotting
-from actid.claims import claim, correlation_agrees, profile_label
-from actid.analysis import final_rows, over_regularization_threshold, pearson
+from actid.analysis.regularization import final_rows, over_regularization_threshold
+from actid.analysis.stats import pearson
+from actid.claims import Claims, correlation_agrees, profile_label
+from actid.io import write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
@@ -61,17 +63,15 @@ final[["dataset", "regularizer", "strength", LLID, PID, VAL_ACC, "finished"]]
 panels = [(d, r) for d in final["dataset"].unique() for r in ("weight_decay", "dropout")
           if ((final["dataset"] == d) & (final["regularizer"] == r)).any()]
 fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0 * len(panels), 6.0), 4.0), squeeze=False)
-metrics, claims = {}, []
-profile = profile_label(final)
+metrics, claims = {}, Claims("A", profile_label(final))
 for ax, (dataset, reg) in zip(axes[0], panels):
     runs = final[(final["dataset"] == dataset) & (final["regularizer"] == reg)]
     r, p, n = pearson(runs["strength"], runs[LLID])
     paper = PAPER_R.get((dataset, reg))
     metrics[f"{dataset}/{reg}"] = {"r": r, "p": p, "n": n, "paper_r": paper, "n_unfinished": int((~runs["finished"]).sum()),
                                    "sign_agrees_with_paper": None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper))}
-    claims.append(claim("A", f"{plotting.LABELS[reg].removesuffix(' p')} lowers the validation LLID",
-                        PAPER_TEXT[reg], f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})",
-                        correlation_agrees(r, p, -1), profile))
+    claims.add(f"{plotting.LABELS[reg].removesuffix(' p')} lowers the validation LLID", PAPER_TEXT[reg],
+               f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})", correlation_agrees(r, p, -1))
     color, marker = plotting.COLORS[reg], plotting.MARKERS[reg]
     if n >= 3:
         sns.regplot(x=runs["strength"].to_numpy(), y=runs[LLID].to_numpy(), ax=ax, scatter=False, color=color,
@@ -97,5 +97,5 @@ fig.suptitle("Validation LLID at the last evaluation against regularization stre
 plotting.save_figure(fig, out, "llid_vs_strength")
 
 # %%
-plotting.save_json(out / "llid_vs_strength.json", {**metrics, "claims": claims})
+write_json(out / "llid_vs_strength.json", {**metrics, "claims": claims.rows})
 metrics

@@ -44,8 +44,10 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.lines import Line2D
 
 from actid import plotting
-from actid.claims import claim, correlation_agrees, profile_label
-from actid.analysis import final_rows, over_regularization_threshold, pearson
+from actid.analysis.regularization import final_rows, over_regularization_threshold
+from actid.analysis.stats import pearson
+from actid.claims import Claims, correlation_agrees, profile_label
+from actid.io import write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
@@ -76,8 +78,7 @@ for reg, runs in kept_all.groupby("regularizer"):
     norms[reg] = (LogNorm(positive.min(), positive.max()) if reg == "weight_decay" and len(positive)
                   else Normalize(0, max(runs["strength"].max(), 1e-12)))
 fig, axes = plt.subplots(1, len(datasets), figsize=(max(5.5 * len(datasets), 6.5), 5.2), squeeze=False)
-metrics, claims = {}, []
-profile = profile_label(final)
+metrics, claims = {}, Claims("B", profile_label(final))
 for ax, dataset in zip(axes[0], datasets):
     kept = kept_all[kept_all["dataset"] == dataset]
     r, p, n = pearson(kept["pid_over_llid"], kept[VAL_ACC])
@@ -85,9 +86,9 @@ for ax, dataset in zip(axes[0], datasets):
     metrics[dataset] = {"r": r, "p": p, "n": n, "paper_r": paper, "n_unfinished": int((~kept["finished"]).sum()),
                         "sign_agrees_with_paper": None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper)),
                         "cut": {reg: cuts.get((dataset, reg)) for reg in ("weight_decay", "dropout")}}
-    claims.append(claim("B", "a higher PID/LLID goes with higher validation accuracy (runs not over-regularized)",
-                        "r = 0.92 (CIFAR-100), 0.96 (CIFAR-10)", f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})",
-                        correlation_agrees(r, p, +1), profile))
+    claims.add("a higher PID/LLID goes with higher validation accuracy (runs not over-regularized)",
+               "r = 0.92 (CIFAR-100), 0.96 (CIFAR-10)", f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})",
+               correlation_agrees(r, p, +1))
     if n >= 3:
         sns.regplot(x=kept["pid_over_llid"].to_numpy(), y=kept[VAL_ACC].to_numpy(), ax=ax, scatter=False,
                     color="0.35", ci=95, n_boot=1000, seed=0, line_kws={"lw": 1.2})
@@ -112,5 +113,5 @@ fig.suptitle("Validation accuracy against PID / LLID at the last evaluation\n"
 plotting.save_figure(fig, out, "accuracy_vs_pid_over_llid")
 
 # %%
-plotting.save_json(out / "accuracy_vs_pid_over_llid.json", {**metrics, "claims": claims})
+write_json(out / "accuracy_vs_pid_over_llid.json", {**metrics, "claims": claims.rows})
 metrics

@@ -41,8 +41,9 @@ from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
 from actid import plotting
-from actid.claims import claim, profile_label
-from actid.analysis import final_rows, over_regularization_threshold
+from actid.analysis.regularization import final_rows, over_regularization_threshold
+from actid.claims import Claims, profile_label
+from actid.io import write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
@@ -59,8 +60,7 @@ final[["dataset", "regularizer", "strength", PID, LLID, VAL_ACC, "finished"]]
 # %%
 accuracy_norm = Normalize(final[VAL_ACC].min(), final[VAL_ACC].max())  # one colour scale for all panels
 fig, axes = plt.subplots(len(datasets), 2, figsize=(10.0, 3.8 * len(datasets) + 0.8), squeeze=False)
-metrics, claims = {}, []
-profile = profile_label(final)
+metrics, claims = {}, Claims("C", profile_label(final))
 for row, dataset in zip(axes, datasets):
     for ax, reg in zip(row, ("weight_decay", "dropout")):
         runs = final[(final["dataset"] == dataset) & (final["regularizer"] == reg)]
@@ -78,12 +78,12 @@ for row, dataset in zip(axes, datasets):
             "pid_over_regularized_vs_rest": float(ratio) if ratio is not None else None,
             "median_val_acc_over_regularized": float(runs.loc[over, VAL_ACC].median()) if over.any() else None,
         }
-        claims.append(claim(
-            "C", f"beyond the over-regularization threshold the PID collapses ({plotting.LABELS[reg].removesuffix(' p')})",
+        claims.add(
+            f"beyond the over-regularization threshold the PID collapses ({plotting.LABELS[reg].removesuffix(' p')})",
             "PID falls right of the line (lines by eye)",
             (f"median PID beyond / at or below: {ratio:.2f} (threshold {threshold:g}, {int(over.sum())} beyond; "
              f"collapse: < {collapse_ratio:g}) ({dataset})") if ratio is not None else f"no run beyond the threshold ({dataset})",
-            None if ratio is None else bool(ratio < collapse_ratio), profile))
+            None if ratio is None else bool(ratio < collapse_ratio))
         ax.axvline(threshold, color=plotting.COLORS["threshold"], lw=1.4, zorder=1)
         ax.scatter(runs["strength"], runs[PID], c=runs[VAL_ACC], cmap="viridis", norm=accuracy_norm,
                    edgecolor="black", linewidth=0.4, marker=plotting.MARKERS[reg], s=60, zorder=3)
@@ -107,5 +107,5 @@ fig.suptitle("Validation PID at the last evaluation against regularization stren
 plotting.save_figure(fig, out, "pid_vs_strength")
 
 # %%
-plotting.save_json(out / "pid_vs_strength.json", {**metrics, "claims": claims})
+write_json(out / "pid_vs_strength.json", {**metrics, "claims": claims.rows})
 metrics

@@ -27,8 +27,9 @@
 # snapshots): test accuracy of the final model with its last linear layer set back to the early evaluation,
 # against the same with its first linear layer set back.
 #
-# Input: the raw runs of `python -m actid.sweep geometry` (stage `geometry` of `dvc.yaml`); the figures use the
-# run with `permuted_fraction` (a parameter). Output, in `out_dir`: `geometry_by_layer`, `geometry_over_training`,
+# Input: the raw runs of `python -m actid.sweep geometry` (stage `geometry` of `dvc.yaml`): each run's `metrics.csv`
+# and its `rewinding.csv` (the rewinding grid, computed from the weight snapshots when the run finished); the figures
+# use the run with `permuted_fraction` (a parameter). Output, in `out_dir`: `geometry_by_layer`, `geometry_over_training`,
 # `rewinding` (PNG + PDF), `rewinding.csv` and `metrics.json` (with the claims). With `out_dir = None` they go to
 # `build/figures/geometry`.
 
@@ -45,12 +46,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
+import pandas as pd
+
 from actid import plotting
-from actid.claims import claim, profile_label
-from actid.experiments import geometry
+from actid.claims import Claims, profile_label
+from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import Run, load_runs
-from actid.schema import STEP
+from actid.schema import ID, STEP, columns_of
 
 plotting.use_style()
 runs = load_runs(resolve(runs_dir))
@@ -64,7 +67,7 @@ run_rows = runs[runs["run"] == name].sort_values(STEP).reset_index(drop=True)
 run = Run(resolve(runs_dir) / name)
 config = run.config
 finished = bool(run_rows["finished"].iloc[0])
-KINDS = list(geometry.KINDS)
+KINDS = list(dict.fromkeys(c.split(".capacity/")[0] for c in run_rows if ".capacity/" in c))  # manifold kinds
 KIND_COLORS = dict(zip(KINDS, plotting.PALETTE))
 layers = [c.split("/", 1)[1] for c in run_rows if c.startswith("unpermuted.capacity/")]
 early = int(run_rows.loc[run_rows["val_acc"].idxmax(), STEP])
@@ -123,12 +126,17 @@ plotting.save_figure(fig, out, "geometry_over_training")
 # ## Rewinding: the final model with some layers set back to an earlier evaluation
 
 # %%
-task, train_cfg = geometry.build(config)  # on the device the run trained on ("auto": a GPU if there is one)
-snapshots = run.snapshot_steps()
+if (run.path / "rewinding.csv").exists():
+    grid = pd.read_csv(run.path / "rewinding.csv")
+elif finished:
+    raise FileNotFoundError(f"{run.path} has no rewinding.csv: it finished before actid computed the grid after training; "
+                            "rerun `python -m actid.sweep geometry` (or `dvc repro`), which adds it to finished runs")
+else:  # computed when the run finishes
+    grid = pd.DataFrame(columns=["step", "first_layer", "last_layer", "val_acc"])
+snapshots = sorted(grid["step"].unique().tolist())  # every weight snapshot the run kept
 have_snapshots = early in snapshots and final in snapshots and snapshots[-1] == final
 if snapshots:
-    grid = geometry.rewinding_grid(run, task, train_cfg.eval_batch_size)
-    plotting.save_csv(grid, out / "rewinding.csv")
+    write_csv(grid, out / "rewinding.csv")
     grid["rewound"] = [f"{a}" if a == b else f"{a}–{b}" for a, b in zip(grid["first_layer"], grid["last_layer"])]
     order = list(dict.fromkeys(grid["rewound"]))
     table = grid.pivot(index="rewound", columns="step", values="val_acc").loc[order]
@@ -148,47 +156,38 @@ if snapshots:
 # ## Claims and metrics
 
 # %%
-profile = profile_label(chosen)
-n_unfinished = 0 if finished else 1
-claims = []
-
-
-def add_claim(text, paper, ours, agrees):
-    claims.append(claim("Stephenson", text, paper, ours, agrees, profile, n_unfinished))
-
-
+claims = Claims("Stephenson", profile_label(chosen), 0 if finished else 1)
 peak, last = float(row_at[early]["val_acc"]), float(row_at[final]["val_acc"])
 fit = float(row_at[final]["permuted_acc"])
-add_claim("with permuted labels the network memorizes: it fits the permuted examples while test accuracy falls from "
-          "its peak", "permuted examples fitted late in training, test accuracy peaks early then declines",
-          f"permuted examples {fit:.3f} (training labels), test accuracy {peak:.3f} at step {early} → {last:.3f} at "
-          f"step {final} (ε {config['permuted_fraction']}; {config['dataset']})",
-          fit >= min_fit and peak - last >= min_drop)
+claims.add("with permuted labels the network memorizes: it fits the permuted examples while test accuracy falls from "
+           "its peak", "permuted examples fitted late in training, test accuracy peaks early then declines",
+           f"permuted examples {fit:.3f} (training labels), test accuracy {peak:.3f} at step {early} → {last:.3f} at "
+           f"step {final} (ε {config['permuted_fraction']}; {config['dataset']})",
+           fit >= min_fit and peak - last >= min_drop)
 rise = {layer: float(row_at[final][f"permuted.capacity/{layer}"] - row_at[early][f"permuted.capacity/{layer}"])
         for layer in layers}
-hidden = [layer for layer in layers if layer in task.id_layers]
-add_claim(f"the permuted manifolds' capacity rises more in the last hidden layer than in the first (early → final; "
-          f"by at least {min_gain})", "memorization happens mainly in the deeper layers",
-          f"rise per layer {', '.join(f'{k} {v:+.3f}' for k, v in rise.items())}",
-          rise[hidden[-1]] - rise[hidden[0]] >= min_gain)
-linear = geometry.weight_layers(task.model)
+hidden = [layer for layer in layers if layer in columns_of(run_rows, ID)]  # the model's hidden (ID) layers
+claims.add(f"the permuted manifolds' capacity rises more in the last hidden layer than in the first (early → final; "
+           f"by at least {min_gain})", "memorization happens mainly in the deeper layers",
+           f"rise per layer {', '.join(f'{k} {v:+.3f}' for k, v in rise.items())}",
+           rise[hidden[-1]] - rise[hidden[0]] >= min_gain)
+linear = list(dict.fromkeys(grid["first_layer"]))  # the weight layers in forward order (the rewound ranges' starts)
 if have_snapshots:
     at_peak = grid[grid["step"] == early]
     alone = {layer: float(at_peak[(at_peak["first_layer"] == layer) & (at_peak["last_layer"] == layer)]["val_acc"].iloc[0])
              for layer in (linear[0], linear[-1])}
-    add_claim(f"rewinding the last layer to the peak-test evaluation restores test accuracy (by at least {min_gain}); "
-              "rewinding the first layer does not", "generalization restored by rewinding the last layers only",
-              f"final {last:.3f}; {linear[-1]} rewound to step {early}: {alone[linear[-1]]:.3f}; {linear[0]} rewound: "
-              f"{alone[linear[0]]:.3f}", alone[linear[-1]] - last >= min_gain and alone[linear[0]] - last < min_gain)
+    claims.add(f"rewinding the last layer to the peak-test evaluation restores test accuracy (by at least {min_gain}); "
+               "rewinding the first layer does not", "generalization restored by rewinding the last layers only",
+               f"final {last:.3f}; {linear[-1]} rewound to step {early}: {alone[linear[-1]]:.3f}; {linear[0]} rewound: "
+               f"{alone[linear[0]]:.3f}", alone[linear[-1]] - last >= min_gain and alone[linear[0]] - last < min_gain)
 else:
     alone = {}
-    add_claim("rewinding the last layer to the peak-test evaluation restores test accuracy; rewinding the first layer "
-              "does not", "generalization restored by rewinding the last layers only",
-              f"no weight snapshots at steps {early} and {final}", None)
-for c in claims:
-    print(f"[{c['agrees']}] {c['claim']}: {c['ours']}")
+    claims.add("rewinding the last layer to the peak-test evaluation restores test accuracy; rewinding the first layer "
+               "does not", "generalization restored by rewinding the last layers only",
+               f"no weight snapshots at steps {early} and {final}", None)
+claims.print()
 metrics = {"run": name, "finished": finished, "early_step": early, "final_step": final,
            "val_acc": {"peak": peak, "final": last}, "permuted_acc_final": fit, "permuted_capacity_rise": rise,
            "rewinding_at_peak": alone,
-           "claims": claims}
-plotting.save_json(out / "metrics.json", metrics)
+           "claims": claims.rows}
+write_json(out / "metrics.json", metrics)

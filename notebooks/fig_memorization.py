@@ -45,8 +45,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 
 from actid import plotting
-from actid.analysis import GRADIENT_ALIGNMENT, memorization_summary, pearson, spearman
-from actid.claims import claim, correlation_agrees, profile_label
+from actid.analysis.memorization import GRADIENT_ALIGNMENT, memorization_summary
+from actid.analysis.stats import pearson, spearman
+from actid.claims import Claims, correlation_agrees, profile_label
+from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import STEP
@@ -73,7 +75,7 @@ activations = [a for a in ACTIVATIONS if a in set(summary["activation"])]
 seeds = sorted(summary["seed"].unique())
 n_seeds = len(seeds)
 style_of_seed = {s: plotting.SEED_LINESTYLES[i % len(plotting.SEED_LINESTYLES)] for i, s in enumerate(seeds)}
-plotting.save_csv(summary, out / "summary.csv")
+write_csv(summary, out / "summary.csv")
 summary
 
 
@@ -199,13 +201,8 @@ plotting.save_figure(fig, out, "id_and_alignment_vs_scale")
 # ## The paper's claims, tested on these runs
 
 # %%
-profile = profile_label(runs)
 n_unfinished = int((~summary["finished"].astype(bool)).sum())
-claims = []
-
-
-def add_claim(figure, text, paper, ours, agrees):
-    claims.append(claim(figure, text, paper, ours, agrees, profile, n_unfinished))
+claims = Claims(None, profile_label(runs), n_unfinished)
 
 
 def rank_trend(part, column):
@@ -223,25 +220,25 @@ figure = "Mehta 2a"
 sin = summary[summary["activation"] == "sin"].sort_values("init_std")
 if len(sin):
     rho, p, text = rank_trend(sin, "final_val_acc")
-    add_claim(figure, "with sin, validation accuracy falls as σ grows", "falls to chance (≈10%) as σ grows", text,
-              correlation_agrees(rho, p, -1))
+    claims.add("with sin, validation accuracy falls as σ grows", "falls to chance (≈10%) as σ grows", text,
+               correlation_agrees(rho, p, -1), figure=figure)
     top = sin[sin["init_std"] == sin["init_std"].max()]
     memorizes = bool((top["final_train_acc"] >= 0.99).all() and ((top["final_val_acc"] - chance).abs() <= chance_margin).all())
-    add_claim(figure, "with sin, the largest σ memorizes", "training accuracy 100%, test accuracy at chance",
-              f"σ = {top['init_std'].iloc[0]:g}, {len(top)} run(s): train "
-              + " / ".join(f"{v:.3f}" for v in top["final_train_acc"]) + ", validation "
-              + " / ".join(f"{v:.3f}" for v in top["final_val_acc"])
-              + f" (chance {chance:.2f}, margin {chance_margin:g}; {dataset})", memorizes)
+    claims.add("with sin, the largest σ memorizes", "training accuracy 100%, test accuracy at chance",
+               f"σ = {top['init_std'].iloc[0]:g}, {len(top)} run(s): train "
+               + " / ".join(f"{v:.3f}" for v in top["final_train_acc"]) + ", validation "
+               + " / ".join(f"{v:.3f}" for v in top["final_val_acc"])
+               + f" (chance {chance:.2f}, margin {chance_margin:g}; {dataset})", memorizes, figure=figure)
     for column, text, fig_no in (("mean_gradient_alignment_W1", "gradient alignment (W1, mean over evaluations)", "2c"),
                                  ("final_representation_alignment_train", "representation alignment (final)", "2d")):
         rho, p, ours = rank_trend(sin, column)
-        add_claim(f"Mehta {fig_no}", f"with sin, {text} falls as σ grows", "falls as σ grows", ours,
-                  correlation_agrees(rho, p, -1))
+        claims.add(f"with sin, {text} falls as σ grows", "falls as σ grows", ours,
+                   correlation_agrees(rho, p, -1), figure=f"Mehta {fig_no}")
     r = correlations["W1"]["sin"]
-    add_claim("Mehta 1b", "best test accuracy rises with gradient alignment across σ (sin)",
-              "positive correlation on CIFAR-10, CIFAR-100, SVHN",
-              f"Pearson r = {r['r']:.2f}, p = {r['p']:.2g}, n = {r['n']} runs (W1 alignment, mean over evaluations; "
-              f"{dataset})", correlation_agrees(r["r"], r["p"], +1))
+    claims.add("best test accuracy rises with gradient alignment across σ (sin)",
+               "positive correlation on CIFAR-10, CIFAR-100, SVHN",
+               f"Pearson r = {r['r']:.2f}, p = {r['p']:.2g}, n = {r['n']} runs (W1 alignment, mean over evaluations; "
+               f"{dataset})", correlation_agrees(r["r"], r["p"], +1), figure="Mehta 1b")
 
 
 def accuracy_drop(part):
@@ -253,10 +250,10 @@ def accuracy_drop(part):
 relu = summary[summary["activation"] == "relu"]
 if len(sin) and len(relu):
     drops = {"sin": accuracy_drop(sin), "relu": accuracy_drop(relu)}
-    add_claim("Mehta 4", "with ReLU, validation accuracy drops less with σ than with sin",
-              "ReLU: drops and saturates, a limited drop",
-              f"best minus worst per-σ mean validation accuracy: ReLU {drops['relu']:.3f}, sin {drops['sin']:.3f} "
-              f"({dataset})", bool(drops["relu"] < drops["sin"]))
+    claims.add("with ReLU, validation accuracy drops less with σ than with sin",
+               "ReLU: drops and saturates, a limited drop",
+               f"best minus worst per-σ mean validation accuracy: ReLU {drops['relu']:.3f}, sin {drops['sin']:.3f} "
+               f"({dataset})", bool(drops["relu"] < drops["sin"]), figure="Mehta 4")
 else:
     drops = {}
 
@@ -264,6 +261,6 @@ metrics = {"dataset": dataset, "loss": loss_name, "chance": chance, "n_runs": in
            "n_unfinished": n_unfinished,
            "accuracy_vs_gradient_alignment": correlations, "trends_with_sigma": trends, "validation_accuracy_drop": drops,
            "runs": {name: dict(row) for name, row in summary.iterrows()},
-           "claims": claims}
-plotting.save_json(out / "metrics.json", metrics)
-pd.DataFrame(claims)[["figure", "claim", "ours", "agrees"]]
+           "claims": claims.rows}
+write_json(out / "metrics.json", metrics)
+pd.DataFrame(claims.rows)[["figure", "claim", "ours", "agrees"]]

@@ -51,8 +51,9 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from actid import plotting
-from actid.analysis import measure_lags, midpoint_grokking
-from actid.claims import claim, profile_label
+from actid.analysis.mnist_grokking import measure_lags, midpoint_grokking
+from actid.claims import Claims, profile_label
+from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, STEP, acc
@@ -95,7 +96,7 @@ for name in order:
     rows[name] = {**grok, "initial_weight_norm": norms[0], "final_weight_norm": norms[-1], "max_accuracy_gap": gap,
                   **{f"lag_evaluations {label}": lags[name][column]["lag_evaluations"] for label, column in MEASURES.items()}}
 summary = config.loc[order].join(pd.DataFrame(rows).T)
-plotting.save_csv(summary, out / "summary.csv")
+write_csv(summary, out / "summary.csv")
 summary.T
 
 # %%
@@ -149,14 +150,9 @@ plotting.save_figure(fig, out, "measures")
 # ## The papers' claims, tested on these runs
 
 # %%
-profile = profile_label(runs)
 dataset = runs["dataset"].iloc[0]
 n_unfinished = int((~summary["finished"].astype(bool)).sum())
-claims = []
-
-
-def add_claim(figure, text, paper, ours, agrees):
-    claims.append(claim(figure, text, paper, ours, agrees, profile, n_unfinished))
+claims = Claims(None, profile_label(runs), n_unfinished)
 
 
 def first_run(kind: str):
@@ -190,17 +186,18 @@ for kind, figure in (("baseline", "Golechha 1"), ("increasing", "Golechha 2")):
     stats, run = summary.loc[name], runs[runs["run"] == name].sort_values(STEP)
     delayed = bool(stats["grokked"] and stats["delay_steps"] >= delay_threshold)
     if kind == "baseline":
-        add_claim(figure, "generalization comes long after the training set is fitted (baseline)",
-                  "test accuracy rises thousands of steps after train accuracy saturates", describe(stats), delayed)
+        claims.add("generalization comes long after the training set is fitted (baseline)",
+                   "test accuracy rises thousands of steps after train accuracy saturates", describe(stats), delayed,
+                   figure=figure)
     else:
         rest = norm_without(run, "fc1.weight")
         fc1 = run["weight_norm/fc1.weight"].to_numpy()
         rises = bool(stats["final_weight_norm"] > stats["initial_weight_norm"])
-        add_claim(figure, "the model groks while its weight norm grows (loss − δ Σ w²)",
-                  "grokking with the weight norm rising (δ = 2e-10)",
-                  f"weight norm {stats['initial_weight_norm']:.1f} → {stats['final_weight_norm']:.1f}, all of it in "
-                  f"fc1.weight ({fc1[0]:.1f} → {fc1[-1]:.1f}); the other tensors {rest[0]:.1f} → {rest[-1]:.1f}; "
-                  + describe(stats), bool(rises and delayed))
+        claims.add("the model groks while its weight norm grows (loss − δ Σ w²)",
+                   "grokking with the weight norm rising (δ = 2e-10)",
+                   f"weight norm {stats['initial_weight_norm']:.1f} → {stats['final_weight_norm']:.1f}, all of it in "
+                   f"fc1.weight ({fc1[0]:.1f} → {fc1[-1]:.1f}); the other tensors {rest[0]:.1f} → {rest[-1]:.1f}; "
+                   + describe(stats), bool(rises and delayed), figure=figure)
     for label, (text, sign) in PAPER.items():
         if kind == "increasing" and label == "weight norm":
             continue
@@ -217,16 +214,16 @@ for kind, figure in (("baseline", "Golechha 1"), ("increasing", "Golechha 2")):
                           and np.sign(lag["rate_per_log_step"]) == sign)
         else:
             ours, agrees = "no grok step, or no change after saturation", None
-        add_claim("Brown D" if label == "LLID" else figure,
-                  f"{label} moves with grokking: its steepest change, in the paper's direction, within "
-                  f"{co_occurrence_evaluations:g} evaluations of the grok step ({stats['variant']})", text, ours, agrees)
+        claims.add(f"{label} moves with grokking: its steepest change, in the paper's direction, within "
+                   f"{co_occurrence_evaluations:g} evaluations of the grok step ({stats['variant']})", text, ours, agrees,
+                   figure="Brown D" if label == "LLID" else figure)
     sparsity = run["sparsity/relu1"].to_numpy()
     plateau = float(run[STEP].to_numpy()[np.argmax(sparsity >= sparsity.min() + 0.95 * np.ptp(sparsity))])
-    add_claim(figure, f"sparsity (relu1) plateaus before the grok step ({stats['variant']})",
-              "plateaus just before grokking",
-              f"reaches 95% of its rise at step {plateau:.0f} (train ≥ {saturated:g} at {stats['saturation_step']:.0f}, "
-              f"grok step {stats['grok_step']:.0f}); {dataset}",
-              bool(plateau < stats["grok_step"]) if np.isfinite(stats["grok_step"]) else None)
+    claims.add(f"sparsity (relu1) plateaus before the grok step ({stats['variant']})",
+               "plateaus just before grokking",
+               f"reaches 95% of its rise at step {plateau:.0f} (train ≥ {saturated:g} at {stats['saturation_step']:.0f}, "
+               f"grok step {stats['grok_step']:.0f}); {dataset}",
+               bool(plateau < stats["grok_step"]) if np.isfinite(stats["grok_step"]) else None, figure=figure)
 name = first_run("dropout")
 if name is not None:
     stats = summary.loc[name]
@@ -245,8 +242,8 @@ if name is not None:
                         f"{stats['final_val_acc']:.2f}, less than {min_gain:g}): no delayed generalization; {dataset}"), True
     else:
         ours, agrees = describe(stats), bool(stats["delay_steps"] < delay_threshold)
-    add_claim("Golechha 3", "with dropout the delay vanishes", "no delayed generalization, no overfitting phase "
-              "(dropout 0.3)", ours + gaps, agrees)
+    claims.add("with dropout the delay vanishes", "no delayed generalization, no overfitting phase "
+               "(dropout 0.3)", ours + gaps, agrees, figure="Golechha 3")
 
 metrics = {"dataset": dataset, "n_runs": int(len(summary)), "n_unfinished": n_unfinished,
            "delay_threshold": delay_threshold, "co_occurrence_evaluations": co_occurrence_evaluations,
@@ -256,6 +253,6 @@ metrics = {"dataset": dataset, "n_runs": int(len(summary)), "n_unfinished": n_un
                                                                 "initial_weight_norm", "final_weight_norm",
                                                                 "max_accuracy_gap", "steps_after_saturation")},
                            "lags": lags[name]} for name in order},
-           "claims": claims}
-plotting.save_json(out / "metrics.json", metrics)
-pd.DataFrame(claims)[["figure", "claim", "ours", "agrees"]]
+           "claims": claims.rows}
+write_json(out / "metrics.json", metrics)
+pd.DataFrame(claims.rows)[["figure", "claim", "ours", "agrees"]]

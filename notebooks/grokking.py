@@ -45,8 +45,9 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from actid import plotting
-from actid.analysis import grokking_summary
-from actid.claims import claim, profile_label
+from actid.analysis.grokking import grokking_summary
+from actid.claims import Claims, profile_label
+from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import STEP, acc as accuracy_of
@@ -65,7 +66,7 @@ summary = pd.DataFrame({name: grokking_summary(run, grok_threshold, id_column=id
                         for name, run in runs.groupby("run")}).T
 config = runs.groupby("run")[["train_fraction", "weight_decay", "optimizer", "seed", "finished"]].first()
 summary = config.join(summary).sort_values(["train_fraction", "weight_decay", "seed"])
-plotting.save_csv(summary, out / "summary.csv")
+write_csv(summary, out / "summary.csv")
 summary
 
 # %%
@@ -137,13 +138,14 @@ metrics = {
     "runs": {name: {k: v for k, v in row.items() if k in ("grok_step", "llid_drop_step", "lag_steps", "co_occurs", "final_val_acc")}
              for name, row in summary.iterrows()},
 }
-profile = profile_label(runs)
-metrics["claims"] = [claim(
-    "D", f"the validation {id_label} drops when the model groks", "drop at the accuracy jump (read from the figure)",
+claims = Claims("D", profile_label(runs))
+claims.add(
+    f"the validation {id_label} drops when the model groks", "drop at the accuracy jump (read from the figure)",
     f"{n_co} of {n_grokked} grokking runs: steepest drop within {co_occurrence_intervals:g} evaluations of the "
     f"{grok_threshold:.0%} crossing (median lag {metrics['median_lag_steps']:+.0f} steps over the {len(lags)} "
     f"with an {id_label} drop after memorization)" if len(lags) else
     f"{n_grokked} grokking runs, none with an {id_label} drop after memorization" if n_grokked else "no run groks",
-    bool(n_co > n_grokked / 2) if n_grokked else None, profile)]
-plotting.save_json(out / "metrics.json", metrics)
+    bool(n_co > n_grokked / 2) if n_grokked else None)
+metrics["claims"] = claims.rows
+write_json(out / "metrics.json", metrics)
 print({k: v for k, v in metrics.items() if k != "runs"})

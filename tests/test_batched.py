@@ -11,8 +11,11 @@ from actid.batched import StackedAdam, group_members, train_batched
 from actid.experiments.grokking import build, resolve
 from actid.models.transformer import Transformer
 from actid.runs import Run
-from actid.sweep import InvalidSweep, batch_mode, run_sweep
-from actid.train import ResumeMismatchError, TrainConfig, TrainingInterrupted, make_optimizer, train
+from actid.pipeline.grid import InvalidSweep
+from actid.pipeline.local import run_sweep
+from actid.pipeline.plan import batch_mode
+from actid.train import TrainConfig, TrainingInterrupted, make_optimizer, train
+from actid.train_state import ResumeMismatchError
 
 TINY = {"p": 13, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32, "steps": 24, "eval_every": 8,
         "optimizer": "adamw", "measures": {"id": {"options": {"n_resamples": 3}}}, "device": "cpu"}

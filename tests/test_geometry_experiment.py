@@ -3,12 +3,14 @@ of class manifolds, a real tiny sweep with snapshots, and rewinding."""
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from actid.data.permuted import manifold_samples, permute_labels
-from actid.experiments.geometry import KINDS, build, resolve, rewind_sets, rewinding_grid, rewound, weight_layers
+from actid.experiments.geometry import (KINDS, REWINDING, build, resolve, rewind_sets, rewinding_grid, rewound,
+                                       weight_layers)
 from actid.paths import ROOT
 from actid.runs import Run, load_runs
 from actid.sweep import main as sweep_main
@@ -135,6 +137,8 @@ def test_vgg_run_on_cifar_files_rewinds_batchnorm_statistics_too(tmp_path):
     task, cfg = build({**run.config, "device": "cpu"})
     assert any(k.endswith("running_mean") for k in run.load_snapshot(run.snapshot_steps()[0]))
     grid = rewinding_grid(run, task, cfg.eval_batch_size)
+    # the run computed the same grid into its directory when it finished (the notebook only reads that file)
+    pd.testing.assert_frame_equal(pd.read_csv(run.path / REWINDING), grid, check_exact=True)
     everything = grid[(grid["first_layer"] == "conv1") & (grid["last_layer"] == "fc3")].set_index("step")["val_acc"]
     assert everything.to_dict() == rows.set_index("step")["val_acc"].to_dict()
     assert len(grid) == len(run.snapshot_steps()) * (16 + 15)  # every suffix and proper prefix of 16 layers
@@ -172,6 +176,8 @@ def test_tiny_sweep_tracks_every_kind_and_rewinding_all_layers_reproduces_each_e
     task, cfg = build({**run.config, "device": "cpu"})
     assert run.snapshot_steps() == sorted(rows["step"].tolist())
     grid = rewinding_grid(run, task, cfg.eval_batch_size)
+    # the run computed the same grid into its directory when it finished (the notebook only reads that file)
+    pd.testing.assert_frame_equal(pd.read_csv(run.path / REWINDING), grid, check_exact=True)
     everything = grid[(grid["first_layer"] == "fc1") & (grid["last_layer"] == "fc3")].set_index("step")["val_acc"]
     assert everything.to_dict() == rows.set_index("step")["val_acc"].to_dict()  # exactly epoch e's test accuracy
     final_acc = rows.set_index("step")["val_acc"].iloc[-1]

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from actid.analysis import grokking_summary
+from actid.analysis.grokking import grokking_summary
 from actid.data.modular import EQ_TOKEN, NUMBER_OFFSET, OP_TOKEN, modular_equations, train_val_split
 from actid.experiments.grokking import build
 from actid.models.transformer import Transformer
 from actid.runs import load_runs
-from actid.sweep import run_sweep
+from actid.pipeline.local import run_sweep
 from actid.paths import ROOT
 from actid.train import TrainConfig, evaluation_steps, lr_factor, train
 
@@ -98,7 +98,7 @@ def test_a_short_run_writes_a_valid_run_directory(tmp_path):
 
 
 def test_cpu_autocast_without_native_bf16_warns(tmp_path, monkeypatch):
-    monkeypatch.setattr("actid.train.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("actid.train_state.cpu_has_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="amp=false"):
         train(*build({**TINY, "steps": 2, "eval_every": 2, "amp": True}), tmp_path / "run", progress=False)
 

@@ -82,10 +82,11 @@ def test_measures_see_the_model_in_eval_mode_and_leave_its_modes(tracked):
     assert task.model.training  # the loop trains in train mode; evaluations do not change it
     model = task.model
     model.blocks[0].mlp.eval()  # a user's choice inside a training model
-    from actid.train import TrainConfig, evaluate, probe_sets
+    from actid.evaluation import evaluate, probe_sets
+    from actid.train import TrainConfig
     from actid.measures import build_measures, build_probes
     cfg = TrainConfig(measures=CHEAP, probes=TINY["probes"])
-    evaluate(task, cfg, build_measures(cfg.measures), probe_sets(task, build_probes(cfg.probes)), 0, 0, True)
+    evaluate(task, build_measures(cfg.measures), probe_sets(task, build_probes(cfg.probes)), 0, 0, True, cfg.eval_batch_size)
     assert model.training and not model.blocks[0].mlp.training and model.blocks[1].mlp.training
 
 

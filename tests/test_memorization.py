@@ -162,7 +162,8 @@ def test_relative_gradient_norm_equals_the_full_batch_gradient():
 
 def test_memorization_summary_and_rank_correlation():
     import pandas as pd
-    from actid.analysis import memorization_summary, spearman
+    from actid.analysis.memorization import memorization_summary
+    from actid.analysis.stats import spearman
     run = pd.DataFrame({"step": [8, 0, 4], "train_acc": [1.0, 0.1, 0.6], "val_acc": [0.3, 0.1, 0.5],
                         "gradient_alignment/fc1.weight": [0.1, 0.4, 0.1], "llid": [20.0, 9.0, float("nan")],
                         "representation_alignment/hidden": [0.2, 0.5, 0.3]})
@@ -245,7 +246,7 @@ def test_figure_notebook_under_papermill(tmp_path, run_notebook):
 
 
 def test_params_profiles_resolve_to_the_reference_recipe():
-    from actid.sweep import sweep_points
+    from actid.pipeline.grid import sweep_points
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for profile, dataset, n_runs in [("paper", "cifar10", 14), ("default", "mnist5k", 21)]:
         fixed, points = sweep_points(params, "memorization", profile)

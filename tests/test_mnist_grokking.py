@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 
-from actid.analysis import measure_lags, midpoint_grokking, steepest_log_change
+from actid.analysis.mnist_grokking import measure_lags, midpoint_grokking
+from actid.analysis.stats import steepest_log_change
 from actid.data.images import load_vectors, write_fake_mnist
 from actid.experiments.mnist_grokking import build, resolve, weight_norm_reward
 from actid.measures import relative_activation_sparsity
-from actid.models.grokking_mlp import GrokkingMLP, GrokkingMLPConfig
+from actid.models.scaled_mlp import ScaledMLP, ScaledMLPConfig
 from actid.runs import load_runs
 from actid.sweep import main as sweep_main
 from actid.train import train
@@ -24,9 +25,9 @@ from actid.train import train
 
 def test_every_parameter_is_alpha_times_the_default_init():
     torch.manual_seed(0)
-    plain = GrokkingMLP(GrokkingMLPConfig(init_scale=1.0))
+    plain = ScaledMLP(ScaledMLPConfig(init_scale=1.0))
     torch.manual_seed(0)
-    scaled = GrokkingMLP(GrokkingMLPConfig(init_scale=8.0))
+    scaled = ScaledMLP(ScaledMLPConfig(init_scale=8.0))
     for (name, p), q in zip(plain.named_parameters(), scaled.parameters()):
         assert torch.equal(q, 8.0 * p), name  # biases included
     norm = lambda m: math.sqrt(sum(float(p.detach().square().sum()) for p in m.parameters()))  # noqa: E731
@@ -39,7 +40,7 @@ def test_every_parameter_is_alpha_times_the_default_init():
 
 def test_dropout_sits_after_each_hidden_layer_and_only_in_training():
     torch.manual_seed(0)
-    model = GrokkingMLP(GrokkingMLPConfig(width=32, dropout=0.5, init_scale=1.0))
+    model = ScaledMLP(ScaledMLPConfig(width=32, dropout=0.5, init_scale=1.0))
     assert isinstance(model.dropout1, torch.nn.Dropout) and isinstance(model.dropout2, torch.nn.Dropout)
     x = torch.rand(8, 1, 28, 28)
     model.eval()
@@ -47,14 +48,14 @@ def test_dropout_sits_after_each_hidden_layer_and_only_in_training():
     model.train()
     assert not torch.equal(model(x), model(x))
     with pytest.raises(ValueError, match="dropout must be in"):
-        GrokkingMLPConfig(dropout=1.0)
+        ScaledMLPConfig(dropout=1.0)
     with pytest.raises(ValueError, match="init_scale must be > 0"):
-        GrokkingMLPConfig(init_scale=0)
+        ScaledMLPConfig(init_scale=0)
 
 
 def test_norm_reward_pushes_the_weights_outwards():
     torch.manual_seed(0)
-    model = GrokkingMLP(GrokkingMLPConfig(width=16, init_scale=1.0))
+    model = ScaledMLP(ScaledMLPConfig(width=16, init_scale=1.0))
     delta = 1e-3
     penalty = weight_norm_reward(delta)(model)
     total = sum(float(p.detach().square().sum()) for p in model.parameters())

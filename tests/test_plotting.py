@@ -40,8 +40,9 @@ def test_figures_are_written_as_png_and_reproducible_pdf(tmp_path):
 
 def test_json_metrics_turn_nan_into_null(tmp_path):
     import numpy as np
-    plotting.save_json(tmp_path / "m.json", {"r": float("nan"), "n": np.int64(3), "ok": np.bool_(True),
-                                              "runs": {"a": [1.5, float("inf"), np.float32("nan")]}})
+    from actid.io import write_json
+    write_json(tmp_path / "m.json", {"r": float("nan"), "n": np.int64(3), "ok": np.bool_(True),
+                                     "runs": {"a": [1.5, float("inf"), np.float32("nan")]}})
     assert json.loads((tmp_path / "m.json").read_text()) == {"r": None, "n": 3, "ok": True,
                                                              "runs": {"a": [1.5, None, None]}}
 

@@ -9,12 +9,14 @@ import pytest
 import torch
 import yaml
 
-from actid.analysis import final_rows, over_regularization_threshold, pearson, regularizer
+from actid.analysis.regularization import final_rows, over_regularization_threshold, regularizer
+from actid.analysis.stats import pearson
 from actid.data.images import write_fake_cifar
 from actid.experiments.regularization import RECIPES, build, prepare, resolve
 from actid.paths import ROOT
 from actid.runs import Run, load_runs
-from actid.sweep import run_sweep, sweep_points
+from actid.pipeline.grid import sweep_points
+from actid.pipeline.local import run_sweep
 from actid.train import lr_factor, train
 
 LAYERS = ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x", "avg_pool"]

@@ -13,7 +13,8 @@ import torch
 
 from actid.experiments.grokking import build, resolve
 from actid.runs import Run, RunLockedError, load_runs
-from actid.train import ResumeMismatchError, train
+from actid.train import train
+from actid.train_state import ResumeMismatchError
 
 TINY = {"p": 13, "train_fraction": 0.5, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32,
         "steps": 12, "eval_every": 4, "measures": {"id": {"options": {"n_resamples": 3}}}, "device": "cpu"}
@@ -157,7 +158,7 @@ def test_a_directory_with_someone_elses_config_json_is_refused(tmp_path):
 
 
 def test_atomic_writes_get_normal_permissions_not_mkstemps(tmp_path):
-    from actid.runs import atomic_write
+    from actid.io import atomic_write
     old = os.umask(0o022)
     try:
         atomic_write(tmp_path / "new.csv", lambda f: f.write(b"a\n"))

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from actid import slurm
+from actid.pipeline import slurm
 from actid.experiments.grokking import build, resolve
 from actid.runs import Run
 from actid.train import TrainingInterrupted, train

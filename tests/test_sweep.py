@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from actid.runs import Run
-from actid.sweep import main, parse_args, run_sweep
+from actid.pipeline.local import run_sweep
+from actid.sweep import main, parse_args
 
 TINY = {"p": 13, "train_fraction": 0.5, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32,
         "steps": 12, "eval_every": 4, "measures": {"id": {"options": {"n_resamples": 3}}}, "device": "cpu"}

@@ -3,7 +3,7 @@
 A fraction ε of the training labels is permuted (:mod:`actid.data.permuted`; fixed ``permutation_seed``) and a model
 is trained long enough to fit the permuted examples too. ``model`` picks it:
 
-* ``mlp`` (default): 784-512-512-10 (:class:`actid.models.grokking_mlp.GrokkingMLP` at α = 1: PyTorch's default
+* ``mlp`` (default): 784-512-512-10 (:class:`actid.models.scaled_mlp.ScaledMLP` at α = 1: PyTorch's default
   init) on flat digits (``mnist5k`` offline, or torchvision's ``mnist``), Adam (actid's default betas 0.9/0.98);
   measured layers ``relu1``, ``relu2`` and the logits ``fc3``;
 * ``vgg16``: torchvision's VGG-16 (:mod:`actid.models.vgg`, the paper's workhorse) on images (``cifar100``,
@@ -23,25 +23,29 @@ At log-spaced steps (``eval_log_points``; dense in the first epoch), with a snap
 
 **Rewinding** (:func:`rewinding_grid`, from a finished run's snapshots): the final model with the weight layers from
 the l-th on (and, for contrast, the first layers only) replaced by their values at an earlier evaluation, BatchNorm
-statistics included, and its test accuracy.
+statistics included, and its test accuracy. It is computed once the run has finished (:func:`finish`), into the run's
+``rewinding.csv``, so the figure notebook only reads files.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from actid.config import check_keys, pick
+from actid.config import check_keys, flat_config, pick, refuse_derived, steps_per_epoch
 from actid.data.images import (NAMES as IMAGE_NAMES, VECTOR_NAMES, DeviceAugment, check_subset_size,
                                download_missing, load_image_dataset, load_vectors, train_subset)
 from actid.data.permuted import manifold_samples, permute_labels
-from actid.models.grokking_mlp import GrokkingMLP, GrokkingMLPConfig
+from actid.models.scaled_mlp import ScaledMLP, ScaledMLPConfig
 from actid.models.vgg import BLOCKS, VGG16, VGGConfig
+from actid.experiments.base import Experiment
+from actid.io import atomic_write_text
 from actid.paths import resolve as resolve_path
 from actid.runs import Run
-from actid.train import Task, TrainConfig, resolve_device
+from actid.task import Task
+from actid.train import TrainConfig, resolve_device
 
 KINDS = ("unpermuted", "permuted", "restored")
 """The three kinds of class manifolds; each is a probe (whole split) and a measure of that name."""
@@ -101,9 +105,7 @@ def measured_layers(setup: GeometrySetup) -> list[str]:
 def resolve(config: dict) -> dict:
     """Every key a run uses: the dataclass defaults, then :data:`REFERENCE` and the default measures, then
     ``config``."""
-    derived = sorted(DERIVED & set(config))
-    if derived:
-        raise KeyError(f"{derived} is derived from epochs; set epochs (and eval_log_points) instead")
+    refuse_derived(config, DERIVED, "epochs (and eval_log_points)")
     check_keys(config, GeometrySetup, {f for f in TrainConfig.__dataclass_fields__} - DERIVED)
     setup = pick(GeometrySetup, config)  # validates values
     if setup.model not in MODELS:
@@ -121,7 +123,7 @@ def resolve(config: dict) -> dict:
     merged = {**REFERENCE, "measures": default_measures(measured_layers(setup)), **config, "width": width}
     setup, train_cfg = pick(GeometrySetup, merged), pick(TrainConfig, merged)
     if setup.model == "mlp":
-        GrokkingMLPConfig(width=setup.width, depth=setup.depth, init_scale=1.0)
+        ScaledMLPConfig(width=setup.width, depth=setup.depth, init_scale=1.0)
     else:
         VGGConfig(width=setup.width, hidden=setup.hidden)
     check_subset_size("train_images", setup.train_images, 100 if setup.dataset == "cifar100" else 10)
@@ -130,8 +132,7 @@ def resolve(config: dict) -> dict:
                          f"examples), got {setup.permuted_fraction!r}")
     if setup.manifold_points < 2:
         raise ValueError(f"manifold_points must be >= 2, got {setup.manifold_points!r}")
-    resolved = {**asdict(setup), **{k: v for k, v in asdict(train_cfg).items() if k not in DERIVED}}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+    return flat_config(setup, train_cfg, drop=DERIVED)
 
 
 def prepare(configs: list[dict]) -> None:
@@ -151,7 +152,7 @@ def load_data(setup: GeometrySetup, device):
 
 def make_model(setup: GeometrySetup, data) -> torch.nn.Module:
     if setup.model == "mlp":
-        return GrokkingMLP(GrokkingMLPConfig(in_features=data.train_x.shape[1], width=setup.width, depth=setup.depth,
+        return ScaledMLP(ScaledMLPConfig(in_features=data.train_x.shape[1], width=setup.width, depth=setup.depth,
                                              n_classes=data.n_classes, init_scale=1.0))
     return VGG16(VGGConfig(n_classes=data.n_classes, in_channels=data.in_channels, width=setup.width,
                            hidden=setup.hidden, batch_norm=setup.batch_norm))
@@ -177,8 +178,8 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
         "manifolds_permuted": (x[samples.permuted], train_y[samples.permuted]),
         "manifolds_restored": (x[samples.permuted], true_y[samples.permuted]),
     }
-    steps_per_epoch = -(-len(train_y) // config["batch_size"])
-    train_cfg = pick(TrainConfig, {**config, "steps": setup.epochs * steps_per_epoch})
+    epoch = steps_per_epoch(len(train_y), config["batch_size"])
+    train_cfg = pick(TrainConfig, {**config, "steps": setup.epochs * epoch})
     torch.manual_seed(train_cfg.seed)  # model initialisation
     model = make_model(setup, data).to(device)
     augment = None
@@ -239,3 +240,21 @@ def rewinding_grid(run: Run, task: Task, eval_batch_size: int) -> pd.DataFrame:
                          "val_acc": accuracy(task.model, x, y, eval_batch_size)})
     task.model.load_state_dict(final)
     return pd.DataFrame(rows)
+
+
+REWINDING = "rewinding.csv"
+"""The rewinding grid of a finished run (:func:`rewinding_grid`; header only when it kept no snapshots)."""
+
+
+def finish(run: Run, config: dict) -> None:
+    """After training: the run's rewinding grid (from its weight snapshots, on its rebuilt data and model) into
+    ``rewinding.csv``."""
+    if run.snapshot_steps():
+        task, train_cfg = build(config)  # on the device the run trained on ("auto": a GPU if there is one)
+        grid = rewinding_grid(run, task, train_cfg.eval_batch_size)
+    else:
+        grid = pd.DataFrame(columns=["step", "first_layer", "last_layer", "val_acc"])
+    atomic_write_text(run.path / REWINDING, grid.to_csv(index=False))
+
+
+EXPERIMENT = Experiment("geometry", resolve, build, prepare=prepare, finish=finish, products=(REWINDING,))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from actid.config import check_keys, pick
+from actid.config import check_keys, flat_config, pick
 from actid.data.modular import modular_equations, train_val_split, vocab_size
+from actid.experiments.base import Experiment
 from actid.models.transformer import Transformer
-from actid.train import Task, TrainConfig, resolve_device
+from actid.task import Task
+from actid.train import TrainConfig, resolve_device
 
 
 @dataclass
@@ -32,10 +34,7 @@ class GrokkingModel:
 def resolve(config: dict) -> dict:
     """Every key a run uses: the defaults of data, model and training, overridden by ``config``."""
     check_keys(config, GrokkingData, GrokkingModel, TrainConfig)
-    resolved = {}
-    for cls in (GrokkingData, GrokkingModel, TrainConfig):
-        resolved.update(asdict(pick(cls, config)))
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+    return flat_config(*(pick(cls, config) for cls in (GrokkingData, GrokkingModel, TrainConfig)))
 
 
 def batchable(config: dict) -> str | None:
@@ -60,3 +59,6 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
                 eval_sets={"train": (tokens[train_idx], labels[train_idx]), "val": (tokens[val_idx], labels[val_idx])},
                 id_layers=model.id_layers, llid_layer=model.llid_layer)
     return task, train_cfg
+
+
+EXPERIMENT = Experiment("grokking", resolve, build, batchable=batchable)

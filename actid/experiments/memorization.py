@@ -20,17 +20,18 @@ Lengths are in epochs (``epochs``); :func:`build` turns them into steps from the
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
-from actid.config import check_keys, pick
+from actid.config import check_keys, flat_config, pick, refuse_derived, steps_per_epoch
 from actid.data.images import VECTOR_NAMES, check_subset_size, download_missing, load_vectors, train_subset
 from actid.losses import get_loss
 from actid.models.mlp import MLPConfig, TwoLayerMLP
+from actid.experiments.base import Experiment
 from actid.paths import resolve as resolve_path
-from actid.train import Task, TrainConfig, resolve_device
+from actid.task import Task
+from actid.train import TrainConfig, resolve_device
 
 PROBES = {"train": {"split": "train", "per_class": 100}, "val": {"split": "val", "max_points": 0}}
 MEASURES = {
@@ -64,9 +65,7 @@ class MemorizationSetup:
 
 def resolve(config: dict) -> dict:
     """Every key a run uses: the dataclass defaults, then :data:`REFERENCE`, then ``config``."""
-    derived = sorted(DERIVED & set(config))
-    if derived:
-        raise KeyError(f"{derived} are derived from epochs; set epochs (and eval_log_points) instead")
+    refuse_derived(config, DERIVED, "epochs (and eval_log_points)")
     check_keys(config, MemorizationSetup, {f.name for f in fields(TrainConfig)} - DERIVED)
     merged = {**REFERENCE, **config}
     setup, train_cfg = pick(MemorizationSetup, merged), pick(TrainConfig, merged)  # validates values
@@ -75,8 +74,7 @@ def resolve(config: dict) -> dict:
     if setup.dataset not in VECTOR_NAMES:
         raise ValueError(f"dataset must be one of {VECTOR_NAMES}, got {setup.dataset!r}")
     get_loss(setup.loss)
-    resolved = {**asdict(setup), **{k: v for k, v in asdict(train_cfg).items() if k not in DERIVED}}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+    return flat_config(setup, train_cfg, drop=DERIVED)
 
 
 def prepare(configs: list[dict]) -> None:
@@ -93,8 +91,8 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
                         verify=setup.verify_md5, standardize=True)
     if setup.train_images is not None:
         data = train_subset(data, setup.train_images)
-    steps_per_epoch = math.ceil(len(data.train_y) / config["batch_size"])
-    train_cfg = replace(pick(TrainConfig, config), steps=setup.epochs * steps_per_epoch)
+    train_cfg = pick(TrainConfig, config)
+    train_cfg = replace(train_cfg, steps=setup.epochs * steps_per_epoch(len(data.train_y), train_cfg.batch_size))
     torch.manual_seed(train_cfg.seed)  # model initialisation
     model = TwoLayerMLP(MLPConfig(in_features=data.train_x.shape[1], hidden_units=setup.hidden_units,
                                   n_classes=data.n_classes, activation=setup.activation,
@@ -104,3 +102,6 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
                 id_layers=model.id_layers, llid_layer=model.llid_layer, loss_fn=get_loss(setup.loss),
                 flush_denormal=True)  # saturated ReLU runs at large σ are ~4x slower with subnormals
     return task, train_cfg
+
+
+EXPERIMENT = Experiment("memorization", resolve, build, prepare=prepare)

@@ -1,6 +1,6 @@
 """Grokking on real data (Golechha 2024, on Omnigrok's MNIST set-up) with every progress measure and the ID.
 
-Omnigrok's MLP (:mod:`actid.models.grokking_mlp`) with every parameter scaled by α = 8 fits 1,000 training digits
+Omnigrok's MLP (:mod:`actid.models.scaled_mlp`) with every parameter scaled by α = 8 fits 1,000 training digits
 at once and generalizes thousands of steps later, trained as in Golechha's Table 1: squared loss against
 one-hot targets (torch's ``MSELoss``: the mean over classes and examples), AdamW lr 1e-3 (default betas), batch
 200 or 1,000. Three variants, by config key:
@@ -20,16 +20,18 @@ the TwoNN ID of both hidden layers on the validation inputs (LLID: the last hidd
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from actid.config import check_keys, pick
+from actid.config import check_keys, flat_config, pick
 from actid.data.images import VECTOR_NAMES, check_subset_size, download_missing, load_vectors, train_subset
 from actid.losses import get_loss
-from actid.models.grokking_mlp import GrokkingMLP, GrokkingMLPConfig
+from actid.models.scaled_mlp import ScaledMLP, ScaledMLPConfig
+from actid.experiments.base import Experiment
 from actid.paths import resolve as resolve_path
-from actid.train import Task, TrainConfig, resolve_device
+from actid.task import Task
+from actid.train import TrainConfig, resolve_device
 
 PROBES = {"train": {"split": "train"}, "val": {"split": "val"}}
 
@@ -74,7 +76,7 @@ def resolve(config: dict) -> dict:
     check_keys(config, MnistGrokkingSetup, TrainConfig)
     merged = {**REFERENCE, "measures": default_measures(config.get("depth", MnistGrokkingSetup.depth)), **config}
     setup, train_cfg = pick(MnistGrokkingSetup, merged), pick(TrainConfig, merged)  # validates values
-    GrokkingMLPConfig(width=setup.width, depth=setup.depth, init_scale=setup.init_scale, dropout=setup.dropout)
+    ScaledMLPConfig(width=setup.width, depth=setup.depth, init_scale=setup.init_scale, dropout=setup.dropout)
     get_loss(setup.loss)
     if setup.dataset not in VECTOR_NAMES[:2]:
         raise ValueError(f"dataset must be one of {VECTOR_NAMES[:2]}, got {setup.dataset!r}")
@@ -82,8 +84,7 @@ def resolve(config: dict) -> dict:
     check_subset_size("val_images", setup.val_images, 10)
     if setup.norm_reward < 0:
         raise ValueError(f"norm_reward is δ >= 0 in the loss L - δ Σ w² (0: off), got {setup.norm_reward!r}")
-    resolved = {**asdict(setup), **asdict(train_cfg)}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+    return flat_config(setup, train_cfg)
 
 
 def prepare(configs: list[dict]) -> None:
@@ -109,7 +110,7 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
     if setup.val_images is not None:
         data = train_subset(data, setup.val_images, split="val")
     torch.manual_seed(train_cfg.seed)  # model initialisation
-    model = GrokkingMLP(GrokkingMLPConfig(in_features=data.train_x.shape[1], width=setup.width, depth=setup.depth,
+    model = ScaledMLP(ScaledMLPConfig(in_features=data.train_x.shape[1], width=setup.width, depth=setup.depth,
                                           n_classes=data.n_classes, init_scale=setup.init_scale,
                                           dropout=setup.dropout)).to(device)
     task = Task(model=model, train_x=data.train_x, train_y=data.train_y,
@@ -117,3 +118,6 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
                 id_layers=model.id_layers, llid_layer=model.llid_layer, loss_fn=get_loss(setup.loss),
                 penalty=weight_norm_reward(setup.norm_reward) if setup.norm_reward else None)
     return task, train_cfg
+
+
+EXPERIMENT = Experiment("mnist_grokking", resolve, build, prepare=prepare)

@@ -15,16 +15,17 @@ whole validation split at every evaluation (TrainConfig's default probe and meas
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
-from actid.config import check_keys, pick
+from actid.config import check_keys, flat_config, pick, refuse_derived, steps_per_epoch
 from actid.data.images import DeviceAugment, download_missing, load_image_dataset, train_subset
 from actid.models.resnet import ResNet18
+from actid.experiments.base import Experiment
 from actid.paths import resolve as resolve_path
-from actid.train import Task, TrainConfig, resolve_device
+from actid.task import Task
+from actid.train import TrainConfig, resolve_device
 
 _OFFICIAL = dict(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=128, weight_decay=5e-4, epochs=200,
                  crop_padding=4, flip=True)
@@ -66,17 +67,14 @@ def _train_keys() -> list[str]:
 
 def resolve(config: dict) -> dict:
     """Every key a run uses: ImageSetup/TrainConfig defaults, then the recipe, then ``config``."""
-    derived = sorted(DERIVED & set(config))
-    if derived:
-        raise KeyError(f"{derived} are derived from epochs; set epochs, eval_every_epochs or milestone_epochs instead")
+    refuse_derived(config, DERIVED, "epochs, eval_every_epochs or milestone_epochs")
     check_keys(config, ImageSetup, set(_train_keys()))
     recipe = config.get("recipe", ImageSetup.recipe)
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     merged = {**RECIPES[recipe], **config}  # the dataclasses supply the remaining defaults
     setup, train_cfg = pick(ImageSetup, merged), pick(TrainConfig, merged)  # validates values
-    resolved = {**asdict(setup), **{k: v for k, v in asdict(train_cfg).items() if k not in DERIVED}}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+    return flat_config(setup, train_cfg, drop=DERIVED)
 
 
 def prepare(configs: list[dict]) -> None:
@@ -93,10 +91,10 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
                               device=device, verify=setup.verify_md5)
     if setup.train_images is not None:
         data = train_subset(data, setup.train_images)
-    steps_per_epoch = math.ceil(len(data.train_y) / config["batch_size"])
-    train_cfg = replace(pick(TrainConfig, config), steps=setup.epochs * steps_per_epoch,
-                        eval_every=setup.eval_every_epochs * steps_per_epoch,
-                        milestones=tuple(e * steps_per_epoch for e in setup.milestone_epochs))
+    train_cfg = pick(TrainConfig, config)
+    epoch = steps_per_epoch(len(data.train_y), train_cfg.batch_size)
+    train_cfg = replace(train_cfg, steps=setup.epochs * epoch, eval_every=setup.eval_every_epochs * epoch,
+                        milestones=tuple(e * epoch for e in setup.milestone_epochs))
     torch.manual_seed(train_cfg.seed)  # model initialisation
     model = ResNet18(data.n_classes, width=setup.width, in_channels=data.in_channels, dropout=setup.dropout).to(device)
     eval_sets = {"val": (data.val_x, data.val_y)}
@@ -108,3 +106,6 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
                 id_layers=model.id_layers, llid_layer=model.llid_layer, augment=augment,
                 channels_last=device.type == "cuda")
     return task, train_cfg
+
+
+EXPERIMENT = Experiment("regularization", resolve, build, prepare=prepare)

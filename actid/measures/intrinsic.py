@@ -1,5 +1,10 @@
 """Intrinsic dimension of layer activations as a measure: per-layer ID, LLID and PID.
 
+Definitions (Brown et al. 2022; the official README swaps them, see ``docs/reproduction.md``):
+
+* LLID, last-layer ID: the ID of the representation that feeds the classifier (:func:`llid`).
+* PID, peak ID: the largest ID over the tracked layers (:func:`peak_id`).
+
 The estimators live in :mod:`actid.estimators` (TwoNN, MLE, GRIDE); any scikit-dimension estimator
 (``skdim.id.*``, sklearn-style ``fit`` and ``dimension_``) can be used through :class:`SkdimEstimator`
 (``pip install actid[skdim]``), e.g. ``estimator: skdim.MLE``.
@@ -8,18 +13,41 @@ The estimators live in :mod:`actid.estimators` (TwoNN, MLE, GRIDE); any scikit-d
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from actid import schema
-from actid.capture import llid, peak_id
-from actid.estimators import ESTIMATORS
+from actid.estimators import ESTIMATORS, TwoNN
 from actid.measures.base import Evaluation, Measure, register
 
 TWONN_PAPER = {"n_resamples": 20, "subsample_fraction": 0.9}
 """The paper's TwoNN protocol (mean and std over 20 random subsets of 90% of the points)."""
+
+
+def layer_ids(activations: Mapping[str, torch.Tensor], estimator=None, device=None) -> dict[str, dict]:
+    """Fit ``estimator`` (default: the paper's TwoNN, 20 resamples of 90%) to each layer's activations.
+
+    Returns {layer: estimator.as_dict()}, i.e. dimension, error and point counts per layer.
+    """
+    estimator = estimator or TwoNN(n_resamples=20)
+    return {name: estimator.fit(acts, device=device).as_dict() for name, acts in activations.items()}
+
+
+def llid(ids: Mapping[str, float], last_layer: str) -> float:
+    """Last-layer ID: the ID of ``last_layer``, the representation feeding the classifier."""
+    if last_layer not in ids:
+        raise KeyError(f"LLID layer {last_layer!r} was not measured; measured layers: {list(ids)}")
+    return float(ids[last_layer])
+
+
+def peak_id(ids: Mapping[str, float]) -> float:
+    """Peak ID: the maximum ID over the tracked layers."""
+    if not ids:
+        raise ValueError("peak_id needs at least one layer's ID")
+    return float(max(ids.values()))
 
 
 class SkdimEstimator:

@@ -1,0 +1,79 @@
+"""Statistics the studies share: crossings and steepest changes of a curve, time averages, correlations.
+
+Every function takes plain arrays (one run's steps and values) and returns numbers, NaN where a statistic is undefined
+(a curve that never crosses, too few points, a constant), never an exception for a short run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def first_crossing(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
+    """First step at which ``values`` reaches ``threshold`` (NaN if never)."""
+    hit = np.nonzero(values >= threshold)[0]
+    return float(steps[hit[0]]) if len(hit) else float("nan")
+
+
+def steepest_drop(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """(step, rate) of the steepest decrease of ``values`` per step between consecutive points.
+
+    The step reported is the end of the steepest interval; rate is the change per 1000 steps.
+    (NaN, NaN) when there is no decrease at all (fewer than two points, or values that only rise)."""
+    if len(steps) < 2:
+        return float("nan"), float("nan")
+    rate = np.diff(values) / np.diff(steps) * 1000
+    i = int(np.argmin(rate))
+    if not rate[i] < 0:
+        return float("nan"), float("nan")
+    return float(steps[i + 1]), float(rate[i])
+
+
+def centred_mean(values: np.ndarray, width: int = 3) -> np.ndarray:
+    """Centred moving mean over ``width`` points; NaN where the window does not fit (the ends)."""
+    return pd.Series(values, dtype=float).rolling(width, center=True).mean().to_numpy()
+
+
+def _correlation(test, x, y) -> tuple[float, float, int]:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan"), len(x)
+    statistic, p = test(x, y)
+    return float(statistic), float(p), len(x)
+
+
+def pearson(x, y) -> tuple[float, float, int]:
+    """(r, two-sided p, n) of Pearson's correlation; NaNs where it is undefined (n < 3 or a constant)."""
+    from scipy import stats
+    return _correlation(stats.pearsonr, x, y)
+
+
+def spearman(x, y) -> tuple[float, float, int]:
+    """(ρ, two-sided p, n) of Spearman's rank correlation; NaNs where it is undefined (n < 3 or a constant)."""
+    from scipy import stats
+    return _correlation(stats.spearmanr, x, y)
+
+
+def step_weighted_mean(steps: np.ndarray, values: np.ndarray) -> float:
+    """The time average of a curve over training, ∫ value d(step) / span, by the trapezoid rule over the
+    evaluations where it is defined (NaN with fewer than two)."""
+    ok = np.isfinite(values)
+    if ok.sum() < 2:
+        return float("nan")
+    s, v = steps[ok], values[ok]
+    return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(s)) / (s[-1] - s[0]))
+
+
+def steepest_log_change(steps: np.ndarray, values: np.ndarray) -> tuple[float, int, float]:
+    """(step, index, rate) of the steepest change of ``values`` per unit of log(step) between consecutive
+    evaluations (either direction): the end of that interval, its row index, and the signed change per e-fold of
+    steps. Rows with NaN values (a measure not due at that evaluation) or step 0 are skipped; (NaN, -1, NaN) with
+    fewer than two rows left."""
+    keep = np.isfinite(values) & (steps > 0)
+    index = np.nonzero(keep)[0]
+    if len(index) < 2:
+        return float("nan"), -1, float("nan")
+    rate = np.diff(values[index]) / np.diff(np.log(steps[index]))
+    i = int(np.argmax(np.abs(rate)))
+    return float(steps[index[i + 1]]), int(index[i + 1]), float(rate[i])
