@@ -3,8 +3,8 @@
 A small run (the grokking grid: 16 runs of a 0.4M-parameter transformer) leaves a GPU idle between its kernel
 launches; trained as one model, K runs launch each kernel once. Each run keeps everything that makes it a run:
 its directory, rows, measures, checkpoint (in :func:`actid.train.train`'s format), batch order, dropout stream,
-learning-rate schedule and weight decay (its :class:`actid.train_state.TrainState`). With fp32 on the CPU its rows equal those of the same run trained alone
-to float rounding (``tests/test_batched.py``); its random streams are the same ones, value for value.
+learning-rate schedule and weight decay (its :class:`actid.train_state.TrainState`). With fp32 on the CPU its rows
+equal those of the same run trained alone to float rounding (``tests/test_batched.py``); its random streams are the same ones, value for value.
 
 Which runs can share one model: :func:`batch_key` (same architecture, steps, evaluation steps, batch size,
 optimizer kind and device; no augmentation or penalty). A model takes part by exposing ``dropout`` (its rate)
