@@ -4,7 +4,8 @@ A small run (the grokking grid: 16 runs of a 0.4M-parameter transformer) leaves 
 launches; trained as one model, K runs launch each kernel once. Each run keeps everything that makes it a run:
 its directory, rows, measures, checkpoint (in :func:`actid.train.train`'s format), batch order, dropout stream,
 learning-rate schedule and weight decay (its :class:`actid.train_state.TrainState`). With fp32 on the CPU its rows
-equal those of the same run trained alone to float rounding (``tests/test_batched.py``); its random streams are the same ones, value for value.
+equal those of the same run trained alone to float rounding (``tests/test_batched.py``); its random streams are the
+same ones, value for value.
 
 Which runs can share one model: :func:`batch_key` (same architecture, steps, evaluation steps, batch size,
 optimizer kind and device; no augmentation or penalty). A model takes part by exposing ``dropout`` (its rate)
@@ -140,7 +141,8 @@ def _stack(tensors: list[torch.Tensor], size: int, fill: float | None = None) ->
     padded = []
     for t in tensors:
         if len(t) < size:
-            pad = t[:1].expand(size - len(t), *t.shape[1:]) if fill is None else t.new_full((size - len(t), *t.shape[1:]), fill)
+            shape = (size - len(t), *t.shape[1:])
+            pad = t[:1].expand(*shape) if fill is None else t.new_full(shape, fill)
             t = torch.cat([t, pad])
         padded.append(t)
     return torch.stack(padded)
@@ -216,7 +218,8 @@ def _train_locked(members, progress, stop_after, interrupt) -> None:
     for target in eval_steps:
         with flushing_denormals(task0.flush_denormal):
             while step < target:
-                batches = [(t.train_x[idx], t.train_y[idx]) for t, idx in zip(tasks, (s.sampler.next() for s in states))]
+                indices = [s.sampler.next() for s in states]
+                batches = [(t.train_x[idx], t.train_y[idx]) for t, idx in zip(tasks, indices)]
                 sizes = [len(y) for _, y in batches]
                 masks = [m.dropout_masks(*x.shape, generator=g) for m, (x, _), g in zip(models, batches, dropout_gens)]
                 size = max(sizes)
@@ -241,7 +244,8 @@ def _train_locked(members, progress, stop_after, interrupt) -> None:
                     for k in range(len(runs)):
                         save_checkpoint(k)
                     bar.close()
-                    raise TrainingInterrupted(f"{len(runs)} batched runs: interrupted at step {step}; checkpoints saved")
+                    raise TrainingInterrupted(f"{len(runs)} batched runs: interrupted at step {step}; "
+                                              "checkpoints saved")
         index, last = all_evals.index(step), step == cfg0.steps
         sync_models()
         for k in range(len(runs)):
@@ -275,6 +279,7 @@ def group_members(members: list[tuple[Task, TrainConfig, Run]]) -> list[list[tup
         key = batch_key(task, cfg)
         if key is None:
             raise ValueError(f"run {run.name} cannot train batched (see actid.batched.batch_key); train it separately")
-        state = run.load_checkpoint()  # a new run (-1) starts with the evaluation at step 0; one checkpointed at 0 has it
+        # a new run (-1) starts with the evaluation at step 0; one checkpointed at 0 has it
+        state = run.load_checkpoint()
         groups.setdefault((key, state["step"] if state else -1), []).append((task, cfg, run))
     return list(groups.values())

@@ -22,7 +22,8 @@ __getattr__ = moved(__name__, MOVED)
 
 
 def check_layer_names(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
-    """The modules named by ``layers`` (strings as in ``model.named_modules()``), or an error saying how to name them."""
+    """The modules named by ``layers`` (strings as in ``model.named_modules()``), or an error saying how to name
+    them."""
     if isinstance(layers, str):
         raise TypeError(f"layers must be a list of module names, got the string {layers!r}; pass [{layers!r}]")
     not_str = [name for name in layers if not isinstance(name, str)]
@@ -33,7 +34,8 @@ def check_layer_names(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.M
     missing = [name for name in layers if name not in modules]
     if missing:
         valid = ", ".join(name for name in modules if name)
-        raise KeyError(f"unknown layer name(s) {missing}; valid dotted module names of {type(model).__name__} are: {valid}")
+        raise KeyError(f"unknown layer name(s) {missing}; valid dotted module names of {type(model).__name__} are: "
+                       f"{valid}")
     return {name: modules[name] for name in layers}
 
 

@@ -79,7 +79,7 @@ def _check_dropped(name: str, n_dropped: int, n: int) -> None:
                       "the data may be discretized or collapsed, so treat the estimate with care", stacklevel=3)
 
 
-class _Estimator:
+class Estimator:
     """Shared plumbing: neighbour search, result attributes."""
 
     name = "estimator"
@@ -112,7 +112,7 @@ class _Estimator:
         return ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
 
 
-class TwoNN(_Estimator):
+class TwoNN(Estimator):
     """TwoNN (Facco et al. 2017), linear-fit form, as computed by Brown et al. 2022's code.
 
     With ``n_resamples > 0`` it follows the paper's protocol: the estimate is the mean over
@@ -218,13 +218,13 @@ def subset_two_nn(nb: Neighbors, subsets: torch.Tensor) -> tuple[torch.Tensor, t
     return r1.reshape(subsets.shape), r2.reshape(subsets.shape)
 
 
-class MLE(_Estimator):
+class MLE(Estimator):
     """Levina-Bickel maximum-likelihood ID from k neighbours (Levina & Bickel 2005).
 
     Local estimate m(x) = [ (1/(k-1)) sum_{j<k} log(r_k / r_j) ]^-1; the global estimate
     inverts the mean of their inverses (``average='inverse'``, MacKay-Ghahramani; the default, as
-    scikit-dimension's ``MLE``) or averages them (``average='mean'``, Levina-Bickel). ``error_`` is the standard error of
-    the mean of the local estimates.
+    scikit-dimension's ``MLE``) or averages them (``average='mean'``, Levina-Bickel). ``error_`` is the standard
+    error of the mean of the local estimates.
     """
 
     name = "mle"
@@ -257,7 +257,7 @@ class MLE(_Estimator):
         return self
 
 
-class GRIDE(_Estimator):
+class GRIDE(Estimator):
     """Generalized ratios ID estimator (Denti et al. 2022), maximum likelihood on mu = r_{n2} / r_{n1}.
 
     Under local homogeneity mu has density d (mu^d - 1)^(n2-n1-1) / (B(n2-n1, n1) mu^((n2-1) d + 1)).

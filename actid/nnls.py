@@ -97,7 +97,8 @@ def batched_nnls(S: torch.Tensor, Y: torch.Tensor, *, tol: float = 1e-10, max_ou
     :class:`NNLSInfo`. Raises RuntimeError if a solution misses 100 x ``tol`` even after Lawson-Hanson (not seen on
     MFTMA inputs; generic matrices with condition numbers beyond ~1e13 can get there)."""
     if S.ndim != 3 or Y.ndim != 3 or S.shape[0] != Y.shape[0] or S.shape[1] != Y.shape[2]:
-        raise ValueError(f"batched_nnls: S must be (P, D, M) and Y (P, n, D); got {tuple(S.shape)} and {tuple(Y.shape)}")
+        raise ValueError(f"batched_nnls: S must be (P, D, M) and Y (P, n, D); got {tuple(S.shape)} and "
+                         f"{tuple(Y.shape)}")
     if not (S.dtype == Y.dtype == torch.float64):
         raise TypeError("batched_nnls needs float64 S and Y (the KKT tolerance is below float32 round-off)")
     P, n, M = S.shape[0], Y.shape[1], S.shape[2]

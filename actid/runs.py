@@ -34,9 +34,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from actid import io as files
 from actid import schema
 from actid._moved import moved
-from actid import io as files
 from actid.version import __version__
 
 MOVED = {"atomic_write": "actid.io", "atomic_write_text": "actid.io", "_new_file_mode": "actid.io"}

@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(128 + signum)
 
     # a SIGINT ignored by whoever started us (e.g. `sweep &` in a script) stays ignored
-    handled = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else [])
+    inherited_ignore = signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    handled = [signal.SIGTERM] + ([] if inherited_ignore else [signal.SIGINT])
     previous = {s: signal.signal(s, stop) for s in handled}
     try:
         if args.jobs > 1:
@@ -165,8 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, TrainingInterrupted) as err:  # Ctrl-C (a shard's parent reports it once for all shards)
         if isinstance(err, TrainingInterrupted) and received[0] != signal.SIGINT:
             raise SystemExit(128 + received[0]) from None
-        raise SystemExit(130 if "ACTID_PARENT_PID" in os.environ else
-                         "interrupted: finished runs and checkpoints are kept; rerun the same command to resume") from None
+        if "ACTID_PARENT_PID" in os.environ:
+            raise SystemExit(130) from None
+        raise SystemExit("interrupted: finished runs and checkpoints are kept; rerun the same command to "
+                         "resume") from None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

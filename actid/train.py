@@ -30,13 +30,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from actid import schema
+from actid import schema, train_state
 from actid._moved import moved
 from actid.evaluation import evaluate, probe_sets
 from actid.measures import build_measures, build_probes, resolve_measures, resolve_probes
 from actid.runs import Run
 from actid.task import Task, in_layout
-from actid import train_state
 from actid.train_state import Progress, TrainState
 
 __all__ = ["Task", "TrainConfig", "TrainingInterrupted", "evaluation_steps", "flushing_denormals", "lr_factor",

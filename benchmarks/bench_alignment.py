@@ -21,12 +21,12 @@ import torch
 import yaml
 from bench_measures import interleaved_seconds  # the sibling script (benchmarks/ is on sys.path when run)
 
+from actid.evaluation import evaluate, probe_sets
 from actid.experiments import memorization
 from actid.measures import build_measures, build_probes, gradient_alignment
 from actid.measures.alignment import omega_from_sums
 from actid.paths import ROOT
 from actid.pipeline.grid import sweep_points
-from actid.evaluation import evaluate, probe_sets
 from actid.train import TrainConfig
 
 
@@ -46,7 +46,8 @@ def per_example_loop(model, inputs, labels, loss_fn) -> dict[str, float]:
             sums[(key, int(y))] = (S + g, Q + float(g @ g), N + float(g.norm()), n + 1)
     result = {}
     for key in keys:
-        omegas = [omega_from_sums(float(S @ S), Q, N, n) for (k, _), (S, Q, N, n) in sums.items() if k == key and n >= 2]
+        omegas = [omega_from_sums(float(S @ S), Q, N, n)
+                  for (k, _), (S, Q, N, n) in sums.items() if k == key and n >= 2]
         result[key] = sum(omegas) / len(omegas)
     return result
 
@@ -90,12 +91,14 @@ def main() -> None:
     print(f"  evaluation, every measure          {med['eval_all']:8.3f} s")
     print(f"  evaluation, no gradient alignment  {med['eval_without']:8.3f} s   "
           f"(gradient alignment: {paired:+.3f} s paired, {100 * paired / med['eval_all']:.0f}% of the evaluation)")
-    print(f"  evaluation, loss/accuracy only     {med['eval_plain']:8.3f} s   each measure alone adds (paired medians):")
+    print(f"  evaluation, loss/accuracy only     {med['eval_plain']:8.3f} s   "
+          "each measure alone adds (paired medians):")
     for name in alone:
         extra = statistics.median(a - b for a, b in zip(times[name], times["eval_plain"]))
         print(f"    {name[5:]:<32} {extra:+8.3f} s")
     print(f"  gradient alignment, Gram route     {med['gram']:8.3f} s")
-    print(f"  gradient alignment, per-example    {med['loop']:8.3f} s   ({med['loop'] / med['gram']:.0f}x the Gram route)")
+    print(f"  gradient alignment, per-example    {med['loop']:8.3f} s   "
+          f"({med['loop'] / med['gram']:.0f}x the Gram route)")
     print("  Ω (Gram / per-example loop): " + ", ".join(f"{k} {ours[k]:.6f} / {reference[k]:.6f}" for k in ours))
     print(f"  largest difference {worst:.2e} ({'within' if worst <= 1e-5 else 'NOT within'} 1e-5)")
     if not worst <= 1e-5:

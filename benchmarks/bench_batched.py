@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from actid.runs import load_runs
 from actid.pipeline.grid import sweep_points
+from actid.runs import load_runs
 
 
 def sweep_seconds(args, mode: str, jobs: int, out: Path) -> float:

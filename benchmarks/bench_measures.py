@@ -28,10 +28,10 @@ import time
 import torch
 import yaml
 
+from actid.evaluation import evaluate, probe_sets
 from actid.measures import build_measures, build_probes
 from actid.paths import ROOT
 from actid.pipeline.grid import sweep_points
-from actid.evaluation import evaluate, probe_sets
 from actid.train import TrainConfig, train
 
 LAST = {"grokking": "blocks.1.mlp", "regularization": "avg_pool"}  # LLID layers
@@ -140,7 +140,8 @@ def main() -> None:
         print(f"\n{experiment} default profile on {r['device']} ({r['threads']} threads), medians of {args.repeats}:")
         print(f"  training step            {r['step_s'] * 1000:9.1f} ms")
         print(f"  training epoch           {r['epoch_s']:9.3f} s")
-        print(f"  train interval           {r['interval_s']:9.3f} s   ({r['interval_steps']:g} steps between evaluations)")
+        print(f"  train interval           {r['interval_s']:9.3f} s   "
+              f"({r['interval_steps']:g} steps between evaluations)")
         print(f"  eval: loss/acc only      {r['eval_plain_s']:9.3f} s")
         print(f"  eval: + TwoNN            {r['eval_twonn_s']:9.3f} s")
         print(f"  eval: + all cheap        {r['eval_all_s']:9.3f} s   (paired median over TwoNN alone: "

@@ -44,9 +44,9 @@ from actid import neighbors
 from actid.capture import capture_activations
 from actid.data.images import DeviceAugment, load_image_dataset
 from actid.estimators import TwoNN
+from actid.evaluation import evaluate, probe_sets
 from actid.measures import build_measures, build_probes
 from actid.models.resnet import ResNet18
-from actid.evaluation import evaluate, probe_sets
 from actid.task import Task, in_layout
 from actid.train import TrainConfig, train
 
@@ -166,7 +166,8 @@ def evaluation_rows(args, device: torch.device) -> list[tuple[str, float, str]]:
         fn()
         return statistics.median(timed(fn, device) for _ in range(args.repeats))
 
-    whole = median_of(lambda: evaluate(task, build_measures(paper.measures, 0), probes, 1, 1, False, paper.eval_batch_size))
+    measures = build_measures(paper.measures, 0)
+    whole = median_of(lambda: evaluate(task, measures, probes, 1, 1, False, paper.eval_batch_size))
     rows.append(("evaluation: loss/acc + TwoNN of the 6 layers", whole, f"{args.val_images} images"))
     forward = median_of(lambda: evaluate(task, [], probes, 1, 1, False, paper.eval_batch_size))
     rows.append(("  forward pass, loss/acc only", forward, ""))

@@ -1,13 +1,24 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: language_info
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -22,7 +33,7 @@
 # The paper reports that regularization lowers the LLID: r = -0.88 (CIFAR-100, WD), -0.87 (CIFAR-100,
 # dropout), -0.77 (CIFAR-10, WD), -0.99 (CIFAR-10, dropout), ResNet-18 trained for 200 epochs.
 #
-# Input: the runs of `python -m actid.sweep regularization` (stage `regularization`).
+# Input: the runs of `python -m actid.sweep regularization` (stage `train@regularization`).
 # Output, in `out_dir`: `llid_vs_strength.png`/`.pdf` and `llid_vs_strength.json` (r, p and n per panel;
 # DVC metrics). `out_dir = None` writes to the scratch folder `build/figures/regularization`.
 
@@ -49,8 +60,9 @@ from actid.schema import LLID, PID, acc
 VAL_ACC = acc("val")
 PAPER_R = {("cifar100", "weight_decay"): -0.88, ("cifar100", "dropout"): -0.87,
            ("cifar10", "weight_decay"): -0.77, ("cifar10", "dropout"): -0.99}
-PAPER_TEXT = {reg: ", ".join(f"r = {PAPER_R[(d, reg)]:.2f} ({name})" for d, name in
-                             [("cifar100", "CIFAR-100"), ("cifar10", "CIFAR-10")]) for reg in ("weight_decay", "dropout")}
+PAPER_TEXT = {reg: ", ".join(f"r = {PAPER_R[(d, reg)]:.2f} ({name})"
+                             for d, name in [("cifar100", "CIFAR-100"), ("cifar10", "CIFAR-10")])
+              for reg in ("weight_decay", "dropout")}
 plotting.use_style()
 
 final = final_rows(load_runs(resolve(runs_dir)))
@@ -68,8 +80,10 @@ for ax, (dataset, reg) in zip(axes[0], panels):
     runs = final[(final["dataset"] == dataset) & (final["regularizer"] == reg)]
     r, p, n = pearson(runs["strength"], runs[LLID])
     paper = PAPER_R.get((dataset, reg))
-    metrics[f"{dataset}/{reg}"] = {"r": r, "p": p, "n": n, "paper_r": paper, "n_unfinished": int((~runs["finished"]).sum()),
-                                   "sign_agrees_with_paper": None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper))}
+    sign_agrees = None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper))
+    metrics[f"{dataset}/{reg}"] = {"r": r, "p": p, "n": n, "paper_r": paper,
+                                   "n_unfinished": int((~runs["finished"]).sum()),
+                                   "sign_agrees_with_paper": sign_agrees}
     claims.add(f"{plotting.LABELS[reg].removesuffix(' p')} lowers the validation LLID", PAPER_TEXT[reg],
                f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})", correlation_agrees(r, p, -1))
     color, marker = plotting.COLORS[reg], plotting.MARKERS[reg]

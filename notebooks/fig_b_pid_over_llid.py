@@ -1,13 +1,24 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: language_info
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -83,8 +94,9 @@ for ax, dataset in zip(axes[0], datasets):
     kept = kept_all[kept_all["dataset"] == dataset]
     r, p, n = pearson(kept["pid_over_llid"], kept[VAL_ACC])
     paper = PAPER_R.get(dataset)
+    sign_agrees = None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper))
     metrics[dataset] = {"r": r, "p": p, "n": n, "paper_r": paper, "n_unfinished": int((~kept["finished"]).sum()),
-                        "sign_agrees_with_paper": None if paper is None or np.isnan(r) else bool(np.sign(r) == np.sign(paper)),
+                        "sign_agrees_with_paper": sign_agrees,
                         "cut": {reg: cuts.get((dataset, reg)) for reg in ("weight_decay", "dropout")}}
     claims.add("a higher PID/LLID goes with higher validation accuracy (runs not over-regularized)",
                "r = 0.92 (CIFAR-100), 0.96 (CIFAR-10)", f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})",

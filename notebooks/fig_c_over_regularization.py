@@ -1,13 +1,24 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: language_info
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -72,7 +83,8 @@ for row, dataset in zip(axes, datasets):
         ratio = (runs.loc[over, PID].median() / runs.loc[~over, PID].median()) if over.any() else None
         metrics[f"{dataset}/{reg}"] = {
             "threshold": threshold, "best_val_acc": float(runs[VAL_ACC].max()), "tolerance": tolerance,
-            "n_runs": int(len(runs)), "n_over_regularized": int(over.sum()), "n_unfinished": int((~runs["finished"]).sum()),
+            "n_runs": int(len(runs)), "n_over_regularized": int(over.sum()),
+            "n_unfinished": int((~runs["finished"]).sum()),
             "median_pid_rest": float(runs.loc[~over, PID].median()),
             "median_pid_over_regularized": float(runs.loc[over, PID].median()) if over.any() else None,
             "pid_over_regularized_vs_rest": float(ratio) if ratio is not None else None,
@@ -82,7 +94,8 @@ for row, dataset in zip(axes, datasets):
             f"beyond the over-regularization threshold the PID collapses ({plotting.LABELS[reg].removesuffix(' p')})",
             "PID falls right of the line (lines by eye)",
             (f"median PID beyond / at or below: {ratio:.2f} (threshold {threshold:g}, {int(over.sum())} beyond; "
-             f"collapse: < {collapse_ratio:g}) ({dataset})") if ratio is not None else f"no run beyond the threshold ({dataset})",
+             f"collapse: < {collapse_ratio:g}) ({dataset})")
+            if ratio is not None else f"no run beyond the threshold ({dataset})",
             None if ratio is None else bool(ratio < collapse_ratio))
         ax.axvline(threshold, color=plotting.COLORS["threshold"], lw=1.4, zorder=1)
         ax.scatter(runs["strength"], runs[PID], c=runs[VAL_ACC], cmap="viridis", norm=accuracy_norm,

@@ -1,13 +1,24 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: language_info
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -27,11 +38,11 @@
 # snapshots): test accuracy of the final model with its last linear layer set back to the early evaluation,
 # against the same with its first linear layer set back.
 #
-# Input: the raw runs of `python -m actid.sweep geometry` (stage `geometry` of `dvc.yaml`): each run's `metrics.csv`
-# and its `rewinding.csv` (the rewinding grid, computed from the weight snapshots when the run finished); the figures
-# use the run with `permuted_fraction` (a parameter). Output, in `out_dir`: `geometry_by_layer`, `geometry_over_training`,
-# `rewinding` (PNG + PDF), `rewinding.csv` and `metrics.json` (with the claims). With `out_dir = None` they go to
-# `build/figures/geometry`.
+# Input: the raw runs of `python -m actid.sweep geometry` (stage `train@geometry` of `dvc.yaml`): each run's
+# `metrics.csv` and its `rewinding.csv` (the rewinding grid, computed from the weight snapshots when the run
+# finished); the figures use the run with `permuted_fraction` (a parameter). Output, in `out_dir`: `geometry_by_layer`,
+# `geometry_over_training`, `rewinding` (PNG + PDF), `rewinding.csv` and `metrics.json` (with the claims). With
+# `out_dir = None` they go to `build/figures/geometry`.
 
 # %% tags=["parameters"]
 runs_dir = "runs/geometry"  # relative to the repository root, or absolute
@@ -44,9 +55,8 @@ permuted_fraction = 0.5  # the run to show (its permuted_fraction; seed: the fir
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.lines import Line2D
-
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from actid import plotting
 from actid.claims import Claims, profile_label
@@ -129,8 +139,9 @@ plotting.save_figure(fig, out, "geometry_over_training")
 if (run.path / "rewinding.csv").exists():
     grid = pd.read_csv(run.path / "rewinding.csv")
 elif finished:
-    raise FileNotFoundError(f"{run.path} has no rewinding.csv: it finished before actid computed the grid after training; "
-                            "rerun `python -m actid.sweep geometry` (or `dvc repro`), which adds it to finished runs")
+    raise FileNotFoundError(f"{run.path} has no rewinding.csv: it finished before actid computed the grid after "
+                            "training; rerun `python -m actid.sweep geometry` (or `dvc repro`), which adds it to "
+                            "finished runs")
 else:  # computed when the run finishes
     grid = pd.DataFrame(columns=["step", "first_layer", "last_layer", "val_acc"])
 snapshots = sorted(grid["step"].unique().tolist())  # every weight snapshot the run kept
@@ -174,7 +185,8 @@ claims.add(f"the permuted manifolds' capacity rises more in the last hidden laye
 linear = list(dict.fromkeys(grid["first_layer"]))  # the weight layers in forward order (the rewound ranges' starts)
 if have_snapshots:
     at_peak = grid[grid["step"] == early]
-    alone = {layer: float(at_peak[(at_peak["first_layer"] == layer) & (at_peak["last_layer"] == layer)]["val_acc"].iloc[0])
+    alone = {layer: float(at_peak[(at_peak["first_layer"] == layer)
+                                  & (at_peak["last_layer"] == layer)]["val_acc"].iloc[0])
              for layer in (linear[0], linear[-1])}
     claims.add(f"rewinding the last layer to the peak-test evaluation restores test accuracy (by at least {min_gain}); "
                "rewinding the first layer does not", "generalization restored by rewinding the last layers only",

@@ -1,13 +1,24 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: language_info
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -27,7 +38,7 @@
 # correlations with σ are over the runs (seeds at one σ are separate runs), with the per-σ means beside them.
 # With unfinished runs, the claims get no verdict.
 #
-# Input: the raw runs of `python -m actid.sweep memorization` (stage `memorization` of `dvc.yaml`).
+# Input: the raw runs of `python -m actid.sweep memorization` (stage `train@memorization` of `dvc.yaml`).
 # Output, in `out_dir`: `accuracy_vs_scale`, `alignment_over_training`, `accuracy_vs_alignment` and
 # `id_and_alignment_vs_scale` (PNG + PDF), `summary.csv` (per-run statistics) and `metrics.json` (correlations
 # and the claims). With `out_dir = None` (JupyterLab) they go to the scratch folder `build/figures/memorization`.
@@ -35,11 +46,10 @@
 # %% tags=["parameters"]
 runs_dir = "runs/memorization"  # relative to the repository root, or absolute
 out_dir = None  # None: build/figures/memorization (scratch); the DVC stage passes figures/memorization
-chance_margin = 0.1  # largest sigma memorizes: final train accuracy at least 0.99, validation accuracy within this of chance
+chance_margin = 0.1  # largest sigma memorizes: final train accuracy >= 0.99, validation accuracy within this of chance
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
@@ -62,7 +72,8 @@ runs = load_runs(resolve(runs_dir))
 out = plotting.output_dir(out_dir, "memorization")
 for key in ("dataset", "loss", "epochs", "train_images", "hidden_units", "lr", "batch_size"):
     if runs[key].nunique(dropna=False) > 1:
-        raise ValueError(f"{runs_dir} mixes runs of several {key}s {sorted(runs[key].unique())}; point runs_dir at one sweep")
+        raise ValueError(f"{runs_dir} mixes runs of several {key}s {sorted(runs[key].unique())}; "
+                         "point runs_dir at one sweep")
 dataset, loss_name = runs["dataset"].iloc[0], runs["loss"].iloc[0]
 chance = 1 / (100 if dataset == "cifar100" else 10)
 print(f"{runs['run'].nunique()} runs, {len(runs)} evaluation rows from {resolve(runs_dir)} ({dataset}, {loss_name})")
@@ -130,7 +141,8 @@ for j, act in enumerate(activations):
         ax = axes[i][j]
         for name, stats in summary[summary["activation"] == act].iterrows():
             run = runs[runs["run"] == name].sort_values(STEP)
-            ax.plot(run[STEP], run[column], color=cmap(norm(stats["init_std"])), lw=1.4, ls=style_of_seed[stats["seed"]])
+            ax.plot(run[STEP], run[column], color=cmap(norm(stats["init_std"])), lw=1.4,
+                    ls=style_of_seed[stats["seed"]])
             if not stats["finished"]:
                 ax.scatter(run[STEP].iloc[-1:], run[column].iloc[-1:], **plotting.UNFINISHED)
         ax.set_xscale("symlog", linthresh=1)
@@ -191,7 +203,8 @@ for ax, (column, label) in zip(axes[0], lenses):
         rho, p, n = spearman(part["init_std"], part[column])
         trends[f"{act}/{column}"] = {"spearman_rho": rho, "p": p, "n": n}
     ax.set(xscale="log", xlabel=SIGMA, ylabel=label)
-    ax.set_title("Spearman ρ with σ: " + ", ".join(f"{a} {trends[f'{a}/{column}']['spearman_rho']:+.2f}" for a in activations))
+    ax.set_title("Spearman ρ with σ: "
+                 + ", ".join(f"{a} {trends[f'{a}/{column}']['spearman_rho']:+.2f}" for a in activations))
 plotting.legend_below(fig, [Line2D([], [], color=ACT_COLORS[a], marker="o", label=f"φ = {a}") for a in activations]
                       + [Line2D([], [], color="black", marker="o", label="points: runs; lines: mean over seeds")])
 fig.suptitle(f"Hidden-layer ID and alignment against σ ({dataset}; Spearman ρ over all runs)")
@@ -223,7 +236,8 @@ if len(sin):
     claims.add("with sin, validation accuracy falls as σ grows", "falls to chance (≈10%) as σ grows", text,
                correlation_agrees(rho, p, -1), figure=figure)
     top = sin[sin["init_std"] == sin["init_std"].max()]
-    memorizes = bool((top["final_train_acc"] >= 0.99).all() and ((top["final_val_acc"] - chance).abs() <= chance_margin).all())
+    memorizes = bool((top["final_train_acc"] >= 0.99).all()
+                     and ((top["final_val_acc"] - chance).abs() <= chance_margin).all())
     claims.add("with sin, the largest σ memorizes", "training accuracy 100%, test accuracy at chance",
                f"σ = {top['init_std'].iloc[0]:g}, {len(top)} run(s): train "
                + " / ".join(f"{v:.3f}" for v in top["final_train_acc"]) + ", validation "
@@ -259,7 +273,8 @@ else:
 
 metrics = {"dataset": dataset, "loss": loss_name, "chance": chance, "n_runs": int(len(summary)),
            "n_unfinished": n_unfinished,
-           "accuracy_vs_gradient_alignment": correlations, "trends_with_sigma": trends, "validation_accuracy_drop": drops,
+           "accuracy_vs_gradient_alignment": correlations, "trends_with_sigma": trends,
+           "validation_accuracy_drop": drops,
            "runs": {name: dict(row) for name, row in summary.iterrows()},
            "claims": claims.rows}
 write_json(out / "metrics.json", metrics)

@@ -1,13 +1,24 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: language_info
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -32,7 +43,7 @@
 # Negative control not run here: at weight decay 0 and ~10⁶–10⁷ steps, test accuracy of this set-up can later
 # *collapse* (Prakash & Martin 2025) while sparsity, weight entropy and circuit complexity do not flag it.
 #
-# Input: the raw runs of `python -m actid.sweep mnist_grokking` (stage `mnist_grokking`). Output, in `out_dir`:
+# Input: the raw runs of `python -m actid.sweep mnist_grokking` (stage `train@mnist_grokking`). Output, in `out_dir`:
 # `measures.png`/`.pdf`, `summary.csv` and `metrics.json` (with the claims). With `out_dir = None` (JupyterLab)
 # they go to the scratch folder `build/figures/mnist_grokking`.
 
@@ -94,23 +105,27 @@ for name in order:
     norms = run["weight_norm/total"].to_numpy()
     gap = float((run[acc("train")] - run[acc("val")]).max())  # the overfitting phase, if any
     rows[name] = {**grok, "initial_weight_norm": norms[0], "final_weight_norm": norms[-1], "max_accuracy_gap": gap,
-                  **{f"lag_evaluations {label}": lags[name][column]["lag_evaluations"] for label, column in MEASURES.items()}}
+                  **{f"lag_evaluations {label}": lags[name][column]["lag_evaluations"]
+                     for label, column in MEASURES.items()}}
 summary = config.loc[order].join(pd.DataFrame(rows).T)
 write_csv(summary, out / "summary.csv")
 summary.T
 
 # %%
 panels = [
-    ("accuracy", [(acc("train"), "train accuracy", plotting.COLORS["train_acc"], "-"), (acc("val"), "validation accuracy", plotting.COLORS["val_acc"], "-")]),
+    ("accuracy", [(acc("train"), "train accuracy", plotting.COLORS["train_acc"], "-"),
+                  (acc("val"), "validation accuracy", plotting.COLORS["val_acc"], "-")]),
     ("weight norm (L2, all parameters)", [("weight_norm/total", None, "black", "-")]),
-    ("activation sparsity\n(training inputs)", [("sparsity/relu1", "sparsity relu1, a < 0.1", plotting.PALETTE[0], "-"),
-                                                 ("sparsity/relu2", "sparsity relu2, a < 0.1", plotting.PALETTE[1], "-"),
-                                                 ("relative_sparsity/relu1", "sparsity relu1, relative", plotting.PALETTE[0], "--"),
-                                                 ("relative_sparsity/relu2", "sparsity relu2, relative", plotting.PALETTE[1], "--")]),
+    ("activation sparsity\n(training inputs)", [
+        ("sparsity/relu1", "sparsity relu1, a < 0.1", plotting.PALETTE[0], "-"),
+        ("sparsity/relu2", "sparsity relu2, a < 0.1", plotting.PALETTE[1], "-"),
+        ("relative_sparsity/relu1", "sparsity relu1, relative", plotting.PALETTE[0], "--"),
+        ("relative_sparsity/relu2", "sparsity relu2, relative", plotting.PALETTE[1], "--")]),
     ("weight entropy\n−Σ|w| log|w|", [("weight_entropy/total", None, "black", "-")]),
-    ("local circuit complexity\n(Σ KL, training inputs)", [(f"circuit_complexity/fc{i}", f"circuit complexity fc{i}", plotting.PALETTE[i - 1], "-")
-                                                           for i in (1, 2, 3)]),
-    ("ID (TwoNN, validation)", [(LLID, "LLID (relu2)", plotting.COLORS["id"], "-"), ("id/relu1", "ID relu1", plotting.COLORS["id"], ":")]),
+    ("local circuit complexity\n(Σ KL, training inputs)", [
+        (f"circuit_complexity/fc{i}", f"circuit complexity fc{i}", plotting.PALETTE[i - 1], "-") for i in (1, 2, 3)]),
+    ("ID (TwoNN, validation)", [(LLID, "LLID (relu2)", plotting.COLORS["id"], "-"),
+                                ("id/relu1", "ID relu1", plotting.COLORS["id"], ":")]),
 ]
 fig, axes = plt.subplots(len(panels), len(order), figsize=(4.2 * len(order), 2.3 * len(panels) + 1.2), squeeze=False,
                          sharex=True)
@@ -122,7 +137,8 @@ for j, name in enumerate(order):
         for column, _, color, ls in lines:
             ok = run[column].notna()
             ax.plot(run.loc[ok, STEP], run.loc[ok, column], color=color, ls=ls, lw=1.4)
-        for step, style in ((stats["saturation_step"], ":"), (stats["grok_step"] if stats["grokked"] else np.nan, "--")):
+        grok_step = stats["grok_step"] if stats["grokked"] else np.nan
+        for step, style in ((stats["saturation_step"], ":"), (grok_step, "--")):
             if np.isfinite(step):
                 ax.axvline(step, color="black", ls=style, lw=0.9)
         ax.set_xscale("symlog", linthresh=10)
@@ -136,9 +152,11 @@ for j, name in enumerate(order):
     axes[-1][j].set_xlabel("training step")
     if not stats["finished"]:
         axes[0][j].scatter(run[STEP].iloc[-1:], run[acc("val")].iloc[-1:], **plotting.UNFINISHED)
-handles = [Line2D([], [], color=color, ls=ls, label=text) for _, lines in panels for _, text, color, ls in lines if text]
+handles = [Line2D([], [], color=color, ls=ls, label=text)
+           for _, lines in panels for _, text, color, ls in lines if text]
 handles += [Line2D([], [], color="black", ls=":", lw=0.9, label=f"train accuracy reaches {saturated:g}"),
-            Line2D([], [], color="black", ls="--", lw=0.9, label="grok step: validation accuracy at the midpoint\n(runs that grok)")]
+            Line2D([], [], color="black", ls="--", lw=0.9,
+                   label="grok step: validation accuracy at the midpoint\n(runs that grok)")]
 if not summary["finished"].all():
     handles.append(plotting.unfinished_handle())
 plotting.legend_below(fig, handles, ncol=4)
@@ -203,7 +221,8 @@ for kind, figure in (("baseline", "Golechha 1"), ("increasing", "Golechha 2")):
             continue
         lag = lags[name][MEASURES[label]]
         if lag["at_edge"]:
-            ours, agrees = (f"steepest change per log-step in the {'first' if lag['change_step'] <= stats['grok_step'] else 'last'} "
+            edge = "first" if lag["change_step"] <= stats["grok_step"] else "last"
+            ours, agrees = (f"steepest change per log-step in the {edge} "
                             f"interval after saturation (step {lag['change_step']:.0f}): the fastest change may lie "
                             f"outside the run, no lag; {dataset}"), None
         elif np.isfinite(lag["lag_evaluations"]):
@@ -215,14 +234,14 @@ for kind, figure in (("baseline", "Golechha 1"), ("increasing", "Golechha 2")):
         else:
             ours, agrees = "no grok step, or no change after saturation", None
         claims.add(f"{label} moves with grokking: its steepest change, in the paper's direction, within "
-                   f"{co_occurrence_evaluations:g} evaluations of the grok step ({stats['variant']})", text, ours, agrees,
-                   figure="Brown D" if label == "LLID" else figure)
+                   f"{co_occurrence_evaluations:g} evaluations of the grok step ({stats['variant']})", text, ours,
+                   agrees, figure="Brown D" if label == "LLID" else figure)
     sparsity = run["sparsity/relu1"].to_numpy()
     plateau = float(run[STEP].to_numpy()[np.argmax(sparsity >= sparsity.min() + 0.95 * np.ptp(sparsity))])
     claims.add(f"sparsity (relu1) plateaus before the grok step ({stats['variant']})",
                "plateaus just before grokking",
-               f"reaches 95% of its rise at step {plateau:.0f} (train ≥ {saturated:g} at {stats['saturation_step']:.0f}, "
-               f"grok step {stats['grok_step']:.0f}); {dataset}",
+               f"reaches 95% of its rise at step {plateau:.0f} (train ≥ {saturated:g} at "
+               f"{stats['saturation_step']:.0f}, grok step {stats['grok_step']:.0f}); {dataset}",
                bool(plateau < stats["grok_step"]) if np.isfinite(stats["grok_step"]) else None, figure=figure)
 name = first_run("dropout")
 if name is not None:
@@ -239,7 +258,8 @@ if name is not None:
     elif not stats["grokked"]:  # nothing left to generalize after saturation: the midpoint of a flat curve is noise
         ours, agrees = (f"validation accuracy gains {gain:+.2f} after train ≥ {saturated:g} at step "
                         f"{stats['saturation_step']:.0f} ({stats['val_acc_at_saturation']:.2f} → "
-                        f"{stats['final_val_acc']:.2f}, less than {min_gain:g}): no delayed generalization; {dataset}"), True
+                        f"{stats['final_val_acc']:.2f}, less than {min_gain:g}): no delayed generalization; "
+                        f"{dataset}"), True
     else:
         ours, agrees = describe(stats), bool(stats["delay_steps"] < delay_threshold)
     claims.add("with dropout the delay vanishes", "no delayed generalization, no overfitting phase "
@@ -248,10 +268,10 @@ if name is not None:
 metrics = {"dataset": dataset, "n_runs": int(len(summary)), "n_unfinished": n_unfinished,
            "delay_threshold": delay_threshold, "co_occurrence_evaluations": co_occurrence_evaluations,
            "runs": {name: {"variant": summary.loc[name, "variant"],
-                           **{k: summary.loc[name, k] for k in ("saturation_step", "grok_step", "delay_steps", "grokked",
-                                                                "val_acc_at_saturation", "final_val_acc",
-                                                                "initial_weight_norm", "final_weight_norm",
-                                                                "max_accuracy_gap", "steps_after_saturation")},
+                           **{k: summary.loc[name, k]
+                              for k in ("saturation_step", "grok_step", "delay_steps", "grokked",
+                                        "val_acc_at_saturation", "final_val_acc", "initial_weight_norm",
+                                        "final_weight_norm", "max_accuracy_gap", "steps_after_saturation")},
                            "lags": lags[name]} for name in order},
            "claims": claims.rows}
 write_json(out / "metrics.json", metrics)

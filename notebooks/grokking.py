@@ -1,13 +1,24 @@
 # ---
 # jupyter:
 #   jupytext:
+#     notebook_metadata_filter: language_info
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -23,7 +34,7 @@
 # **co-occurs** with grokking when |lag| <= `co_occurrence_intervals` evaluation intervals
 # (`actid.analysis.grokking_summary`).
 #
-# Input: the raw runs written by `python -m actid.sweep grokking` (stage `grokking` of `dvc.yaml`).
+# Input: the raw runs written by `python -m actid.sweep grokking` (stage `train@grokking` of `dvc.yaml`).
 # Output, in `out_dir`: `grokking.png`/`.pdf` (one panel per train fraction and weight decay (WD), one line
 # style per seed), `summary.csv` (per-run statistics) and `metrics.json` (the summary DVC tracks).
 # With `out_dir = None` (opening the notebook in JupyterLab) they go to the scratch folder
@@ -50,12 +61,14 @@ from actid.claims import Claims, profile_label
 from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
-from actid.schema import STEP, acc as accuracy_of
+from actid.schema import STEP
+from actid.schema import acc as accuracy_of
 
 VAL_ACC, TRAIN_ACC = accuracy_of("val"), accuracy_of("train")
 plotting.use_style()
 id_label = {"llid": "LLID", "pid": "PID"}.get(id_column, id_column)
 
+# %%
 runs = load_runs(resolve(runs_dir))
 out = plotting.output_dir(out_dir, "grokking")
 print(f"{runs['run'].nunique()} runs, {len(runs)} evaluation rows from {resolve(runs_dir)}")
@@ -89,14 +102,14 @@ for (frac, wd), panel in summary.groupby(["train_fraction", "weight_decay"]):
         acc_ax.plot(run[STEP], run[TRAIN_ACC], color=plotting.COLORS["train_acc"], ls=ls, lw=0.8)
         if stats["grokked"]:
             acc_ax.plot(stats["grok_step"], grok_threshold, "^", color=acc_color, ms=8, mec="black", mew=0.6)
-        drop = run[run[STEP] == stats["llid_drop_step"]]
+        drop = run[run[STEP] == stats[f"{id_column}_drop_step"]]
         ax.plot(drop[STEP], drop[id_column], "v", color=id_color, ms=8, mec="black", mew=0.6)
         if not stats["finished"]:
             ax.scatter(run[STEP].iloc[-1:], run[id_column].iloc[-1:], **plotting.UNFINISHED)
     grokked = panel[panel["grokked"]]
-    detail = ("grok step " + " / ".join(f"{s:.0f}" for s in grokked["grok_step"]) + "; lag " +
-              " / ".join(f"{lag:+.0f}" if np.isfinite(lag) else "no drop" for lag in grokked["lag_steps"])) if len(grokked) else \
-        f"val acc never reaches {grok_threshold:.0%}"
+    lag_text = " / ".join(f"{lag:+.0f}" if np.isfinite(lag) else "no drop" for lag in grokked["lag_steps"])
+    detail = ("grok step " + " / ".join(f"{s:.0f}" for s in grokked["grok_step"]) + "; lag " + lag_text
+              if len(grokked) else f"val acc never reaches {grok_threshold:.0%}")
     ax.set_title(f"train fraction {frac:g}, WD {wd:g}\n{detail}")
     ax.tick_params(axis="y", colors=id_color)
     acc_ax.set_ylim(-0.02, 1.02)
@@ -114,7 +127,8 @@ handles = [Line2D([], [], color=id_color, label=f"validation {id_label} (left ax
            Line2D([], [], marker="^", color=acc_color, mec="black", ls="none", ms=8,
                   label=f"grok step: validation accuracy reaches {grok_threshold:.0%}"),
            Line2D([], [], marker="v", color=id_color, mec="black", ls="none", ms=8,
-                  label=f"steepest drop of the 3-point mean {id_label} after\nmemorization, on the raw curve (lag: from grok step)")]
+                  label=f"steepest drop of the 3-point mean {id_label} after\nmemorization, on the raw curve "
+                        "(lag: from grok step)")]
 if len(seeds) > 1:
     handles += [Line2D([], [], color="black", ls=style_of_seed[s], label=f"seed {s}") for s in seeds]
 if not summary["finished"].all():
@@ -135,7 +149,8 @@ metrics = {
     "n_co_occurring": int(summary["co_occurs"].sum()),
     "median_lag_steps": float(np.median(lags)) if len(lags) else None,  # grokking runs with an LLID drop
     "median_abs_lag_steps": float(np.median(np.abs(lags))) if len(lags) else None,
-    "runs": {name: {k: v for k, v in row.items() if k in ("grok_step", "llid_drop_step", "lag_steps", "co_occurs", "final_val_acc")}
+    "runs": {name: {k: v for k, v in row.items()
+                    if k in ("grok_step", f"{id_column}_drop_step", "lag_steps", "co_occurs", "final_val_acc")}
              for name, row in summary.iterrows()},
 }
 claims = Claims("D", profile_label(runs))

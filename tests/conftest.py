@@ -24,7 +24,8 @@ def rng():
 
 def pytest_terminal_summary(terminalreporter):
     """List the artifacts tests recorded (e.g. the JupyterLab screenshot), so they appear in CI logs."""
-    artifacts = [(report.nodeid, value) for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed")
+    reports = terminalreporter.getreports("passed") + terminalreporter.getreports("failed")
+    artifacts = [(report.nodeid, value) for report in reports
                  for name, value in report.user_properties if name == "screenshot"]
     for nodeid, path in artifacts:
         terminalreporter.write_line(f"artifact: {path} ({nodeid})")
@@ -32,18 +33,18 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture
 def run_notebook():
-    """Run ``notebooks/<name>.py`` as the DVC stages do (jupytext to ipynb, then papermill with ``-p`` parameters);
-    returns the finished process (check ``returncode``; stderr holds the notebook's error)."""
+    """Run ``notebooks/<name>.py`` as the DVC stages do (:func:`actid.pipeline.notebooks.run_notebook`: jupytext in
+    memory, then papermill with the parameters), in a process of its own; returns the finished process (check
+    ``returncode``; stderr holds the notebook's error)."""
+    import json
     import subprocess
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-
     def run(name: str, executed: Path, **parameters) -> subprocess.CompletedProcess:
-        ipynb = subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "-o", "-",
-                                str(root / "notebooks" / f"{name}.py")], check=True, capture_output=True).stdout
-        args = [a for key, value in parameters.items() for a in ("-p", key, str(value))]
-        return subprocess.run([sys.executable, "-m", "papermill", "-", str(executed), "-k", "python3",
-                               "--no-progress-bar", *args], input=ipynb, capture_output=True)
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in parameters.items()}
+        code = ("import json, sys; from pathlib import Path; from actid.pipeline.notebooks import run_notebook; "
+                "run_notebook(sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]))")
+        return subprocess.run([sys.executable, "-c", code, name, str(executed), json.dumps(values)],
+                              capture_output=True)
     return run

@@ -1,6 +1,5 @@
 """Batched training (actid.batched): several runs as one model give each run the rows it gets alone."""
 
-import math
 
 import pandas as pd
 import pytest
@@ -10,10 +9,10 @@ from torch.nn import functional as F
 from actid.batched import StackedAdam, group_members, train_batched
 from actid.experiments.grokking import build, resolve
 from actid.models.transformer import Transformer
-from actid.runs import Run
 from actid.pipeline.grid import InvalidSweep
 from actid.pipeline.local import run_sweep
 from actid.pipeline.plan import batch_mode
+from actid.runs import Run
 from actid.train import TrainConfig, TrainingInterrupted, make_optimizer, train
 from actid.train_state import ResumeMismatchError
 

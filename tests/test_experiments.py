@@ -11,14 +11,13 @@ from torch import nn
 
 from actid.claims import Claims, profile_label
 from actid.config import check_keys, flat_config, pick, steps_per_epoch
-from actid.experiments import REGISTRY, Experiment, geometry, grokking, memorization, mnist_grokking, register
-from actid.experiments import regularization
+from actid.experiments import (REGISTRY, Experiment, geometry, grokking, memorization, mnist_grokking, register,
+                               regularization)
 from actid.io import atomic_write_text
 from actid.runs import Run, load_runs
 from actid.sweep import main as sweep_main
 from actid.task import Task
 from actid.train import TrainConfig
-
 
 # --- a toy experiment, written as a new experiment's module would be ----------------------------------------------
 
@@ -42,7 +41,8 @@ def build(config: dict) -> tuple[Task, TrainConfig]:
     gen = torch.Generator().manual_seed(config["seed"])
     x = torch.randn(setup.n_points, 5, generator=gen)
     y = (x[:, 0] > 0).long()
-    train_cfg = pick(TrainConfig, {**config, "steps": setup.epochs * steps_per_epoch(setup.n_points, config["batch_size"])})
+    steps = setup.epochs * steps_per_epoch(setup.n_points, config["batch_size"])
+    train_cfg = pick(TrainConfig, {**config, "steps": steps})
     torch.manual_seed(train_cfg.seed)
     model = nn.Sequential(nn.Linear(5, setup.width), nn.ReLU(), nn.Linear(setup.width, 2))
     task = Task(model=model, train_x=x, train_y=y, eval_sets={"val": (x, y)}, id_layers=["1"], llid_layer="1")

@@ -11,7 +11,6 @@ from actid.measures.geometry import (ManifoldGeometryMeasure, _residual_cost, an
 from actid.nnls import batched_nnls, kkt_residual
 
 
-
 def cvxopt_anchor(S: np.ndarray, t: np.ndarray, kappa: float):
     """The reference's way: v* = argmin 1/2 |v|^2 - t.v s.t. S^T v <= -kappa (cvxopt), anchor (t - v*) / sum(z),
     or the max-projection point when |v* - t| < 1e-8. Returns the anchor and the multipliers z."""
@@ -150,7 +149,8 @@ def test_mean_field_capacity_matches_simulated_capacity(name, X):
 
 def test_simulated_capacity_of_points_is_two_and_refuses_inseparable_data():
     gen = torch.Generator().manual_seed(0)  # the data fixed too: a test that depends on the tests before it is flaky
-    assert abs(simulated_capacity(torch.randn(40, 1, 120, generator=gen, dtype=torch.float64), n_trials=15) / 2 - 1) < 0.1
+    points = torch.randn(40, 1, 120, generator=gen, dtype=torch.float64)
+    assert abs(simulated_capacity(points, n_trials=15) / 2 - 1) < 0.1
     with pytest.raises(ValueError, match="not linearly separable even in all 3 dimensions"):
         simulated_capacity(torch.randn(20, 5, 3, generator=gen, dtype=torch.float64), n_trials=3)
     # few manifolds: a dichotomy with one label for all is never drawn (it is never separable about the global mean)
@@ -199,7 +199,8 @@ def test_bad_input_is_refused_with_the_reason():
 def test_common_center_subspace_finds_a_planted_shared_direction():
     g = torch.Generator().manual_seed(0)
     shared = torch.nn.functional.normalize(torch.randn(300, generator=g, dtype=torch.float64), dim=0)
-    centers = torch.randn(30, 300, generator=g, dtype=torch.float64) + 100 * torch.randn(30, 1, generator=g, dtype=torch.float64) * shared
+    centers = (torch.randn(30, 300, generator=g, dtype=torch.float64)
+               + 100 * torch.randn(30, 1, generator=g, dtype=torch.float64) * shared)
     centers = centers - centers.mean(0)
     assert center_correlation(centers) > 0.7  # the shared direction dominates the centers' cosines
     V, K, costs = common_center_subspace(centers, n_reps=3)

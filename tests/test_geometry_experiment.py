@@ -10,7 +10,7 @@ import yaml
 
 from actid.data.permuted import manifold_samples, permute_labels
 from actid.experiments.geometry import (KINDS, REWINDING, build, resolve, rewind_sets, rewinding_grid, rewound,
-                                       weight_layers)
+                                        weight_layers)
 from actid.paths import ROOT
 from actid.runs import Run, load_runs
 from actid.sweep import main as sweep_main
@@ -48,7 +48,8 @@ def test_build_wires_the_eval_sets_to_the_permutation():
     def train_index(x):  # where each of these examples sits in the training set
         return (x.unsqueeze(1) == task.train_x.unsqueeze(0)).all(-1).int().argmax(1)
 
-    for kind, want in (("manifolds_unpermuted", "true"), ("manifolds_restored", "true"), ("manifolds_permuted", "train"),
+    for kind, want in (("manifolds_unpermuted", "true"), ("manifolds_restored", "true"),
+                       ("manifolds_permuted", "train"),
                        ("unpermuted", "true"), ("permuted", "train")):
         x, y = task.eval_sets[kind]
         i = train_index(x)
@@ -88,6 +89,7 @@ def test_vgg16_is_torchvisions_network():
     """Loaded with torchvision's vgg16(num_classes=100) weights (ours in the same order, shape by shape), it computes
     the same logits; the bn variant lines up with vgg16_bn; our own init follows torchvision's scheme."""
     import torchvision
+
     from actid.models.vgg import VGG16, VGGConfig
     torch.manual_seed(0)
     theirs, ours = torchvision.models.vgg16(num_classes=100).eval(), VGG16(VGGConfig()).eval()
@@ -148,7 +150,8 @@ def test_rewound_state_takes_exactly_the_chosen_layers():
     final = {"fc1.weight": 1, "fc1.bias": 1, "fc2.weight": 1, "fc3.weight": 1}
     early = {k: 0 for k in final}
     assert rewound(final, early, ["fc2", "fc3"]) == {"fc1.weight": 1, "fc1.bias": 1, "fc2.weight": 0, "fc3.weight": 0}
-    assert rewind_sets(["fc1", "fc2", "fc3"]) == [["fc1", "fc2", "fc3"], ["fc2", "fc3"], ["fc3"], ["fc1"], ["fc1", "fc2"]]
+    assert rewind_sets(["fc1", "fc2", "fc3"]) == [["fc1", "fc2", "fc3"], ["fc2", "fc3"], ["fc3"],
+                                                  ["fc1"], ["fc1", "fc2"]]
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from actid.analysis.grokking import grokking_summary
 from actid.data.modular import EQ_TOKEN, NUMBER_OFFSET, OP_TOKEN, modular_equations, train_val_split
 from actid.experiments.grokking import build
 from actid.models.transformer import Transformer
-from actid.runs import load_runs
-from actid.pipeline.local import run_sweep
 from actid.paths import ROOT
+from actid.pipeline.local import run_sweep
+from actid.runs import load_runs
 from actid.train import TrainConfig, evaluation_steps, lr_factor, train
 
 TINY = {"p": 13, "train_fraction": 0.5, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32,
@@ -30,7 +30,8 @@ def test_division_labels_are_a_times_b_inverse_mod_p():
     assert torch.all(labels == torch.tensor([x * pow(y, 95, 97) % 97 for x, y in zip(a.tolist(), b.tolist())]))
 
 
-@pytest.mark.parametrize("op,fn", [("add", lambda a, b: a + b), ("sub", lambda a, b: a - b), ("mul", lambda a, b: a * b)])
+@pytest.mark.parametrize("op,fn", [("add", lambda a, b: a + b), ("sub", lambda a, b: a - b),
+                                   ("mul", lambda a, b: a * b)])
 def test_other_operations(op, fn):
     tokens, labels = modular_equations(11, op)
     a, b = tokens[:, 0] - NUMBER_OFFSET, tokens[:, 2] - NUMBER_OFFSET
@@ -182,4 +183,13 @@ def test_figure_notebook_runs_under_papermill_on_tiny_runs(tmp_path):
     assert (tmp_path / "fig" / "grokking.pdf").read_bytes()[:5] == b"%PDF-"
     metrics = json.loads((tmp_path / "fig" / "metrics.json").read_text())
     assert metrics["n_runs"] == 2 and set(metrics["runs"]) == {"weight_decay=0.0", "weight_decay=0.1"}
-    assert len(pd.read_csv(tmp_path / "fig" / "summary.csv")) == 2
+    summary = pd.read_csv(tmp_path / "fig" / "summary.csv")
+    assert len(summary) == 2 and {"llid_drop_step", "llid_start"} <= set(summary.columns)
+    # another ID column: the summary's columns are named after it, not after the LLID
+    papermill.execute_notebook(str(source), str(tmp_path / "pid.ipynb"), kernel_name="python3", progress_bar=False,
+                               parameters={"runs_dir": str(tmp_path / "runs"), "out_dir": str(tmp_path / "pid"),
+                                           "id_column": "pid"})
+    columns = set(pd.read_csv(tmp_path / "pid" / "summary.csv").columns)
+    assert {"pid_drop_step", "pid_start", "pid_final"} <= columns and not any(c.startswith("llid") for c in columns)
+    runs = json.loads((tmp_path / "pid" / "metrics.json").read_text())["runs"]
+    assert all("pid_drop_step" in run for run in runs.values())

@@ -72,7 +72,8 @@ def test_the_loop_writes_every_measure_under_its_own_columns(tracked):
     # every: 2 -> evaluations 0, 2 and the last one (steps 0, 8, 12)
     for column in sparse:
         assert df.loc[df[column].notna(), "step"].tolist() == [0, 8, 12], column
-    assert (df["capacity/blocks.1.mlp"].dropna() > 0).all() and df["center_corr/blocks.1.mlp"].dropna().between(0, 1).all()
+    assert (df["capacity/blocks.1.mlp"].dropna() > 0).all()
+    assert df["center_corr/blocks.1.mlp"].dropna().between(0, 1).all()
     assert df["sparsity/blocks.1.mlp"].between(0, 1).all()
     assert (df["representation_alignment/blocks.1.mlp"] <= 1).all()
 
@@ -83,10 +84,11 @@ def test_measures_see_the_model_in_eval_mode_and_leave_its_modes(tracked):
     model = task.model
     model.blocks[0].mlp.eval()  # a user's choice inside a training model
     from actid.evaluation import evaluate, probe_sets
-    from actid.train import TrainConfig
     from actid.measures import build_measures, build_probes
+    from actid.train import TrainConfig
     cfg = TrainConfig(measures=CHEAP, probes=TINY["probes"])
-    evaluate(task, build_measures(cfg.measures), probe_sets(task, build_probes(cfg.probes)), 0, 0, True, cfg.eval_batch_size)
+    probes = probe_sets(task, build_probes(cfg.probes))
+    evaluate(task, build_measures(cfg.measures), probes, 0, 0, True, cfg.eval_batch_size)
     assert model.training and not model.blocks[0].mlp.training and model.blocks[1].mlp.training
 
 
@@ -142,7 +144,8 @@ def test_tracker_rows_load_like_sweep_rows(tmp_path):
     assert df["step"].tolist() == [0, 10, 20] and df["lr"].eq(0.1).all()
     assert {"val_loss", "val_acc", "id/2", "id/4", "llid", "pid", "weight_norm/total", "sparsity/4"} <= set(df)
     assert (df["llid"] == df["id/4"]).all() and df.notna().all().all()
-    assert json.loads((tmp_path / "mine" / "config.json").read_text())["config"]["measures"]["sparsity"]["threshold"] == 0
+    recorded = json.loads((tmp_path / "mine" / "config.json").read_text())["config"]
+    assert recorded["measures"]["sparsity"]["threshold"] == 0
     with pytest.raises(ValueError, match="steps must increase"):
         tracker.measure(5)
 

@@ -162,6 +162,7 @@ def test_relative_gradient_norm_equals_the_full_batch_gradient():
 
 def test_memorization_summary_and_rank_correlation():
     import pandas as pd
+
     from actid.analysis.memorization import memorization_summary
     from actid.analysis.stats import spearman
     run = pd.DataFrame({"step": [8, 0, 4], "train_acc": [1.0, 0.1, 0.6], "val_acc": [0.3, 0.1, 0.5],
@@ -231,7 +232,8 @@ def test_figure_notebook_under_papermill(tmp_path, run_notebook):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     sweep_main(["memorization", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "runs"),
                 "--set", "device=cpu"])
-    result = run_notebook("fig_memorization", tmp_path / "out.ipynb", runs_dir=tmp_path / "runs", out_dir=tmp_path / "fig")
+    result = run_notebook("fig_memorization", tmp_path / "out.ipynb", runs_dir=tmp_path / "runs",
+                          out_dir=tmp_path / "fig")
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     for stem in ("accuracy_vs_scale", "alignment_over_training", "accuracy_vs_alignment", "id_and_alignment_vs_scale"):
         assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 10_000

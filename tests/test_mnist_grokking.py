@@ -233,12 +233,14 @@ def test_figure_notebook_under_papermill(tmp_path, run_notebook):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     sweep_main(["mnist_grokking", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "runs"),
                 "--set", "device=cpu"])
-    result = run_notebook("fig_mnist_grokking", tmp_path / "out.ipynb", runs_dir=tmp_path / "runs", out_dir=tmp_path / "fig")
+    result = run_notebook("fig_mnist_grokking", tmp_path / "out.ipynb", runs_dir=tmp_path / "runs",
+                          out_dir=tmp_path / "fig")
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     assert (tmp_path / "fig" / "measures.png").stat().st_size > 10_000
     assert (tmp_path / "fig" / "measures.pdf").read_bytes()[:5] == b"%PDF-"
     metrics = json.loads((tmp_path / "fig" / "metrics.json").read_text())
-    assert metrics["n_runs"] == 3 and len(metrics["claims"]) == (1 + 4 + 1) + (1 + 3 + 1) + 1  # baseline, increasing, dropout
+    # baseline, increasing, dropout
+    assert metrics["n_runs"] == 3 and len(metrics["claims"]) == (1 + 4 + 1) + (1 + 3 + 1) + 1
     assert {c["profile"] for c in metrics["claims"]} == {"tiny"}
     summary = pd.read_csv(tmp_path / "fig" / "summary.csv", index_col=0)
     assert set(summary["variant"]) == {"baseline", "increasing norm (δ 1e-06)", "dropout 0.3"}

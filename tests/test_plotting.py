@@ -40,6 +40,7 @@ def test_figures_are_written_as_png_and_reproducible_pdf(tmp_path):
 
 def test_json_metrics_turn_nan_into_null(tmp_path):
     import numpy as np
+
     from actid.io import write_json
     write_json(tmp_path / "m.json", {"r": float("nan"), "n": np.int64(3), "ok": np.bool_(True),
                                      "runs": {"a": [1.5, float("inf"), np.float32("nan")]}})
@@ -50,7 +51,8 @@ def test_json_metrics_turn_nan_into_null(tmp_path):
 def test_dvc_stages_without_the_environment_get_a_one_line_hint(tmp_path):
     """Each dvc.yaml stage starts with scripts/check-env.sh: a Python without torch gets the fix, not a traceback."""
     system_python = shutil.which("python3", path="/usr/bin:/bin")
-    if system_python is None or subprocess.run([system_python, "-c", "import torch"], capture_output=True).returncode == 0:
+    if system_python is None or subprocess.run([system_python, "-c", "import torch"],
+                                               capture_output=True).returncode == 0:
         pytest.skip("needs a system python3 without torch")
     (tmp_path / "python").symlink_to(system_python)
     bare = subprocess.run(["sh", "scripts/check-env.sh"], cwd=ROOT, capture_output=True, text=True,

@@ -1,4 +1,5 @@
-"""Regularization sweeps (Figs. A-C): recipes, a real one-epoch run, the sweep grid, the analysis rules and the notebooks."""
+"""Regularization sweeps (Figs. A-C): recipes, a real one-epoch run, the sweep grid, the analysis rules and the
+notebooks."""
 
 import json
 import math
@@ -14,9 +15,9 @@ from actid.analysis.stats import pearson
 from actid.data.images import write_fake_cifar
 from actid.experiments.regularization import RECIPES, build, prepare, resolve
 from actid.paths import ROOT
-from actid.runs import Run, load_runs
 from actid.pipeline.grid import sweep_points
 from actid.pipeline.local import run_sweep
+from actid.runs import Run, load_runs
 from actid.train import lr_factor, train
 
 LAYERS = ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x", "avg_pool"]
@@ -24,12 +25,15 @@ LAYERS = ["conv1", "conv2_x", "conv3_x", "conv4_x", "conv5_x", "avg_pool"]
 
 def test_recipes_are_written_out_in_the_resolved_config():
     c100, c10 = resolve({"recipe": "cifar100"}), resolve({"recipe": "cifar10"})
-    assert (c100["optimizer"], c100["lr"], c100["momentum"], c100["batch_size"], c100["epochs"]) == ("sgd", 0.1, 0.9, 128, 200)
-    assert (c100["schedule"], c100["milestone_epochs"], c100["gamma"], c100["rotate_degrees"]) == ("multistep", [60, 120, 160], 0.2, 15.0)
+    assert (c100["optimizer"], c100["lr"], c100["momentum"], c100["batch_size"], c100["epochs"]) == \
+        ("sgd", 0.1, 0.9, 128, 200)
+    assert (c100["schedule"], c100["milestone_epochs"], c100["gamma"], c100["rotate_degrees"]) == \
+        ("multistep", [60, 120, 160], 0.2, 15.0)
     assert (c10["dataset"], c10["schedule"], c10["rotate_degrees"], c10["flip"]) == ("cifar10", "cosine", 0.0, True)
     # the paper's protocol: TwoNN 20 x 90% on the whole validation split
     assert c100["probes"]["val"]["max_points"] == 0 and c100["measures"]["id"]["options"]["n_resamples"] == 20
-    # the official cifar10_id config (pitfall P4, docs/reproduction.md) is an override away, and the override is recorded
+    # the official cifar10_id config (pitfall P4, docs/reproduction.md) is an override away, and the override is
+    # recorded
     p4 = resolve({"recipe": "cifar100", "dataset": "cifar10"})
     assert p4["dataset"] == "cifar10" and p4["schedule"] == "multistep"
     assert resolve({"recipe": "mnist5k"})["flip"] is False
@@ -56,7 +60,8 @@ def fake_cifar(tmp_path_factory):
 
 def tiny(fake_cifar, **kw):
     return {"recipe": "cifar100", "data_dir": str(fake_cifar), "verify_md5": False, "width": 2, "epochs": 2,
-            "milestone_epochs": [1], "batch_size": 32, "measures": {"id": {"options": {"n_resamples": 3}}}, "device": "cpu", **kw}
+            "milestone_epochs": [1], "batch_size": 32, "measures": {"id": {"options": {"n_resamples": 3}}},
+            "device": "cpu", **kw}
 
 
 def test_build_turns_epochs_into_steps(fake_cifar):

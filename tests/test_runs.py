@@ -96,7 +96,8 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert not run.is_finished, "the run finished before it could be killed; make it longer"
     resumed = train(*build(resolve(config)), run.path, progress=False)
     pd.testing.assert_frame_equal(resumed, full)
-    pd.testing.assert_frame_equal(load_runs(run.path).drop(columns="run"), load_runs(tmp_path / "full").drop(columns="run"))
+    pd.testing.assert_frame_equal(load_runs(run.path).drop(columns="run"),
+                                  load_runs(tmp_path / "full").drop(columns="run"))
 
 
 def test_a_second_writer_fails_at_once_naming_the_first(tmp_path):

@@ -3,7 +3,6 @@ real thing against a SLURM cluster (CI starts a single-node one with .ci/slurm.s
 launcher, failures reported with their logs, scancel detected and resumed, time limits checkpointed and requeued,
 --no-wait + --status, and GPU requests."""
 
-import json
 import os
 import shutil
 import signal
@@ -16,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from actid.pipeline import slurm
 from actid.experiments.grokking import build, resolve
+from actid.pipeline import slurm
 from actid.runs import Run
 from actid.train import TrainingInterrupted, train
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from actid.runs import Run
 from actid.pipeline.local import run_sweep
+from actid.runs import Run
 from actid.sweep import main, parse_args
 
 TINY = {"p": 13, "train_fraction": 0.5, "width": 32, "heads": 2, "mlp_hidden": 64, "batch_size": 32,

@@ -15,12 +15,14 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
 
     memorization_step: first evaluation with train accuracy >= ``memorized``.
     grok_step: first evaluation with validation accuracy >= ``grok_threshold`` (NaN if never).
-    llid_drop_step: end of the steepest decrease of the centred 3-point mean of the validation
+    Keys named after ``id_column`` (``llid_drop_step`` for the LLID, ``pid_drop_step`` for the PID, ...):
+
+    <id>_drop_step: end of the steepest decrease of the centred 3-point mean of the validation
         ``id_column`` between consecutive evaluations, searched from the memorization step on (every
         run starts with an early ID spike and dip that is not the grokking drop; a run that never
         memorizes is searched from its second evaluation). NaN when the smoothed ID never decreases
         there, or too few evaluations follow (e.g. a run still in progress).
-    lag_steps: llid_drop_step - grok_step (negative: the ID drops first; NaN if either is NaN).
+    lag_steps: <id>_drop_step - grok_step (negative: the ID drops first; NaN if either is NaN).
     co_occurs: |lag_steps| <= ``co_occurrence_intervals`` evaluation intervals (median step spacing).
     """
     run = run.sort_values(STEP)
@@ -38,11 +40,11 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
         "grok_step": grok,
         "grokked": bool(np.isfinite(grok)),
         "final_val_acc": float(run[acc("val")].iloc[-1]),
-        "llid_drop_step": drop_step,
-        "llid_drop_per_1k_steps": drop_rate,
+        f"{id_column}_drop_step": drop_step,
+        f"{id_column}_drop_per_1k_steps": drop_rate,
         "lag_steps": lag,
         "eval_interval": interval,
         "co_occurs": bool(np.isfinite(lag) and abs(lag) <= co_occurrence_intervals * interval),
-        "llid_start": float(run[id_column].iloc[0]),
-        "llid_final": float(run[id_column].iloc[-1]),
+        f"{id_column}_start": float(run[id_column].iloc[0]),
+        f"{id_column}_final": float(run[id_column].iloc[-1]),
     }

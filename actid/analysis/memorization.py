@@ -8,7 +8,6 @@ import pandas as pd
 from actid.analysis.stats import step_weighted_mean
 from actid.schema import LLID, STEP, acc, column
 
-
 GRADIENT_ALIGNMENT = {"W1": column("gradient_alignment", "fc1.weight"),
                       "W2": column("gradient_alignment", "fc2.weight"),
                       "logits": column("gradient_alignment", "logits")}

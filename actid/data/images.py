@@ -302,7 +302,7 @@ def write_fake_cifar(root: str, name: str = "cifar10", n_train: int = 100, n_tes
         if name == "cifar10":
             return {"batch_label": "fake", "labels": labels, "data": data, "filenames": [f"{i}.png" for i in range(n)]}
         return {"filenames": [f"{i}.png" for i in range(n)], "batch_label": "fake", "fine_labels": labels,
-                "coarse_labels": [l // 5 for l in labels], "data": data}
+                "coarse_labels": [label // 5 for label in labels], "data": data}
 
     def dump(filename, obj):
         with open(os.path.join(folder, filename), "wb") as f:

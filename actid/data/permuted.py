@@ -42,7 +42,8 @@ def permute_labels(labels: torch.Tensor, fraction: float, seed: int) -> Permuted
 
 
 def class_balanced(labels: torch.Tensor, per_class: int, seed: int, name: str) -> torch.Tensor:
-    """Sorted indices of ``per_class`` examples of every class in ``labels`` (seeded), or a ValueError naming ``name``."""
+    """Sorted indices of ``per_class`` examples of every class in ``labels`` (seeded), or a ValueError naming
+    ``name``."""
     gen = torch.Generator().manual_seed(seed)
     picked = []
     for c in labels.unique().tolist():

@@ -35,13 +35,14 @@ import pandas as pd
 import torch
 
 from actid.config import check_keys, flat_config, pick, refuse_derived, steps_per_epoch
-from actid.data.images import (NAMES as IMAGE_NAMES, VECTOR_NAMES, DeviceAugment, check_subset_size,
-                               download_missing, load_image_dataset, load_vectors, train_subset)
+from actid.data.images import NAMES as IMAGE_NAMES
+from actid.data.images import (VECTOR_NAMES, DeviceAugment, check_subset_size, download_missing, load_image_dataset,
+                               load_vectors, train_subset)
 from actid.data.permuted import manifold_samples, permute_labels
-from actid.models.scaled_mlp import ScaledMLP, ScaledMLPConfig
-from actid.models.vgg import BLOCKS, VGG16, VGGConfig
 from actid.experiments.base import Experiment
 from actid.io import atomic_write_text
+from actid.models.scaled_mlp import ScaledMLP, ScaledMLPConfig
+from actid.models.vgg import BLOCKS, VGG16, VGGConfig
 from actid.paths import resolve as resolve_path
 from actid.runs import Run
 from actid.task import Task
@@ -216,7 +217,8 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     """Accuracy in eval mode, in batches of ``batch`` as the training loop evaluates (so it matches its numbers)."""
     was = model.training
     model.eval()
-    correct = sum(int((model(x[i:i + batch]).float().argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(y), batch))
+    correct = sum(int((model(x[i:i + batch]).float().argmax(1) == y[i:i + batch]).sum())
+                  for i in range(0, len(y), batch))
     model.train(was)
     return correct / len(y)
 

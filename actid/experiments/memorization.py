@@ -26,9 +26,9 @@ import torch
 
 from actid.config import check_keys, flat_config, pick, refuse_derived, steps_per_epoch
 from actid.data.images import VECTOR_NAMES, check_subset_size, download_missing, load_vectors, train_subset
+from actid.experiments.base import Experiment
 from actid.losses import get_loss
 from actid.models.mlp import MLPConfig, TwoLayerMLP
-from actid.experiments.base import Experiment
 from actid.paths import resolve as resolve_path
 from actid.task import Task
 from actid.train import TrainConfig, resolve_device

@@ -21,8 +21,8 @@ import torch
 
 from actid.config import check_keys, flat_config, pick, refuse_derived, steps_per_epoch
 from actid.data.images import DeviceAugment, download_missing, load_image_dataset, train_subset
-from actid.models.resnet import ResNet18
 from actid.experiments.base import Experiment
+from actid.models.resnet import ResNet18
 from actid.paths import resolve as resolve_path
 from actid.task import Task
 from actid.train import TrainConfig, resolve_device

@@ -35,8 +35,8 @@ manifold_geometry          activations  capacity/<layer>, radius/<layer>, dimens
 """
 
 from actid.measures.alignment import GradientAlignment, RepresentationAlignment, alignment, gradient_alignment
-from actid.measures.base import (REGISTRY, Evaluation, LayerMeasure, Measure, Probe, build_measure, build_measures, build_probes,
-                                 register, resolve_measures, resolve_probes)
+from actid.measures.base import (REGISTRY, Evaluation, LayerMeasure, Measure, Probe, build_measure, build_measures,
+                                 build_probes, register, resolve_measures, resolve_probes)
 from actid.measures.geometry import ManifoldGeometry, ManifoldGeometryMeasure, manifold_capacity, simulated_capacity
 from actid.measures.gradient_norm import RelativeGradientNorm, relative_gradient_norms
 from actid.measures.intrinsic import IntrinsicDimension, SkdimEstimator
@@ -45,8 +45,11 @@ from actid.measures.progress import (CircuitComplexity, RelativeSparsity, Sparsi
                                      activation_sparsity, local_circuit_complexity, relative_activation_sparsity,
                                      weight_entropies, weight_entropy, weight_norms)
 
-__all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "LayerMeasure", "ManifoldGeometry", "ManifoldGeometryMeasure", "Measure",
-           "ParticipationRatio", "Probe", "RelativeGradientNorm", "RelativeSparsity", "RepresentationAlignment", "SkdimEstimator", "Sparsity", "WeightEntropy",
-           "WeightNorm", "activation_sparsity", "alignment", "build_measure", "build_measures", "build_probes",
-           "gradient_alignment", "local_circuit_complexity", "manifold_capacity", "participation_ratio", "register", "relative_activation_sparsity", "relative_gradient_norms", "resolve_measures",
-           "resolve_probes", "simulated_capacity", "weight_entropies", "weight_entropy", "weight_norms"]
+__all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "LayerMeasure",
+           "ManifoldGeometry", "ManifoldGeometryMeasure", "Measure", "ParticipationRatio", "Probe",
+           "RelativeGradientNorm", "RelativeSparsity", "RepresentationAlignment", "SkdimEstimator", "Sparsity",
+           "WeightEntropy", "WeightNorm", "activation_sparsity", "alignment", "build_measure", "build_measures",
+           "build_probes", "gradient_alignment", "local_circuit_complexity", "manifold_capacity",
+           "participation_ratio", "register", "relative_activation_sparsity", "relative_gradient_norms",
+           "resolve_measures", "resolve_probes", "simulated_capacity", "weight_entropies", "weight_entropy",
+           "weight_norms"]

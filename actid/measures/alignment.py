@@ -101,13 +101,15 @@ def gradient_alignment(model: nn.Module, inputs: torch.Tensor, labels: torch.Ten
     inputs = torch.as_tensor(inputs)
     labels = torch.as_tensor(labels, device=inputs.device)
     if labels.ndim != 1 or len(labels) != len(inputs):
-        raise ValueError(f"labels must be 1-D with one label per input ({len(inputs)}), got shape {tuple(labels.shape)}")
+        raise ValueError(f"labels must be 1-D with one label per input ({len(inputs)}), got shape "
+                         f"{tuple(labels.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     _, group, totals = labels.unique(return_inverse=True, return_counts=True)
     kept = torch.nonzero(totals[group] >= 2).squeeze(1)
     if len(kept) == 0:
-        raise ValueError("no class has 2 or more examples, so there are no pairs to align; pass more examples per class")
+        raise ValueError("no class has 2 or more examples, so there are no pairs to align; pass more examples per "
+                         "class")
     order = kept[torch.argsort(group[kept], stable=True)]  # classes contiguous: a class closes once it is complete
 
     training = {m: m.training for m in model.modules()}
@@ -307,7 +309,7 @@ class RepresentationAlignment(LayerMeasure):
 @dataclass(kw_only=True)
 class GradientAlignment(Measure):
     """In-class alignment of the per-example gradients on the probe, per parameter tensor and of the
-    logits: ``gradient_alignment/<param>``, ``gradient_alignment/logits``. ``layers`` is unused."""
+    logits: ``gradient_alignment/<param>``, ``gradient_alignment/logits``. It takes no layers."""
 
     kind = "gradient_alignment"
     needs = "model"

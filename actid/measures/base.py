@@ -147,7 +147,8 @@ class LayerMeasure(Measure):
 
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         acts, labels = ev.activations[self.probe], ev.probes[self.probe][1]
-        return {schema.column(self.name, layer): self.value(acts[layer], labels) for layer in self.layer_names(ev.id_layers)}
+        return {schema.column(self.name, layer): self.value(acts[layer], labels)
+                for layer in self.layer_names(ev.id_layers)}
 
 
 REGISTRY: dict[str, type[Measure]] = {}

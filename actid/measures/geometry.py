@@ -83,7 +83,8 @@ def _as_manifolds(manifolds) -> list[torch.Tensor]:
     out = [as_real_tensor(x, f"manifolds[{i}]") for i, x in enumerate(manifolds)]
     for i, x in enumerate(out):
         if x.ndim != 2 or len(x) < 1:
-            raise ValueError(f"manifolds[{i}] must be a non-empty (M_i x N) array of points, got shape {tuple(x.shape)}")
+            raise ValueError(f"manifolds[{i}] must be a non-empty (M_i x N) array of points, got shape "
+                             f"{tuple(x.shape)}")
         if x.shape[1] != out[0].shape[1]:
             raise ValueError(f"manifolds[{i}] has {x.shape[1]} features but manifolds[0] has {out[0].shape[1]}; "
                              "every manifold must live in the same space")
@@ -188,7 +189,8 @@ def _fit_subspace(X, V, gtol=1e-6, max_iter=300, memory=5):
     return V
 
 
-def common_center_subspace(centers: torch.Tensor, n_reps: int = 10, seed: int = 0) -> tuple[torch.Tensor, int, list[float]]:
+def common_center_subspace(centers: torch.Tensor, n_reps: int = 10,
+                           seed: int = 0) -> tuple[torch.Tensor, int, list[float]]:
     """The common subspace of the (mean-removed) class centers, as the reference's ``fun_FA``: an (N, K) orthonormal
     basis, K, and the mean residual |cosine| for each K tried.
 
@@ -304,11 +306,13 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
         pts = stacked.to(device) if stacked is not None else torch.stack([X[i].to(device) for i in idx])  # (p, M, N)
         pts = pts.to(torch.float64) - means[idx].unsqueeze(1)
         norm = centers[idx].norm(dim=-1)
-        degenerate = norm <= torch.finfo(torch.float64).eps * means[idx].norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny) * 1e3
+        f64 = torch.finfo(torch.float64)
+        degenerate = norm <= f64.eps * means[idx].norm(dim=-1).clamp_min(f64.tiny) * 1e3
         if bool(degenerate.any()):
             bad = [idx[j] for j in torch.nonzero(degenerate).flatten().tolist()]
-            raise UndefinedGeometry(f"manifolds {bad}: the center coincides with the global mean (or lies in the removed "
-                             "center subspace), so capacity is undefined; check for duplicated or constant classes")
+            raise UndefinedGeometry(f"manifolds {bad}: the center coincides with the global mean (or lies in the "
+                                    "removed center subspace), so capacity is undefined; check for duplicated or "
+                                    "constant classes")
         D = min(N, M)
         if N > M:  # an orthonormal basis of the points' span, as the reference's QR: coordinates from the Gram
             along = pts @ V  # (p, M, K)

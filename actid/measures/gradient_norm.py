@@ -41,7 +41,7 @@ def relative_gradient_norms(model: nn.Module, inputs: torch.Tensor, labels: torc
 @dataclass(kw_only=True)
 class RelativeGradientNorm(Measure):
     """‖∇_θ L‖ / ‖θ‖ of each parameter tensor, L the mean loss on the probe: ``relative_gradient_norm/<param>``.
-    ``layers`` is unused."""
+    It takes no layers."""
 
     kind = "relative_gradient_norm"
     needs = "model"

@@ -2,6 +2,8 @@
 only the grokking experiment's model."""
 
 from actid._moved import moved_module
-from actid.models.scaled_mlp import ScaledMLP as GrokkingMLP, ScaledMLPConfig as GrokkingMLPConfig  # noqa: F401
+from actid.models.scaled_mlp import ScaledMLP as GrokkingMLP
+from actid.models.scaled_mlp import ScaledMLPConfig as GrokkingMLPConfig
 
+__all__ = ["GrokkingMLP", "GrokkingMLPConfig"]
 moved_module(__name__, "actid.models.scaled_mlp")

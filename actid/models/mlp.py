@@ -20,6 +20,8 @@ from torch import nn
 
 
 class Sin(nn.Module):
+    """The activation φ = sin, as a module (so that hooks can record it)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(x)
 
@@ -43,6 +45,8 @@ class MLPConfig:
 
 
 class TwoLayerMLP(nn.Module):
+    """z = W2 φ(W1 x) without biases; ``hidden`` (φ) is its ID and LLID layer."""
+
     def __init__(self, config: MLPConfig):
         super().__init__()
         self.config = config

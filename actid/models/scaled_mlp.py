@@ -39,6 +39,8 @@ class ScaledMLPConfig:
 
 
 class ScaledMLP(nn.Module):
+    """The MLP of the module docstring; ``config`` is its one argument."""
+
     def __init__(self, config: ScaledMLPConfig):
         super().__init__()
         self.config = config

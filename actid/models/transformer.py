@@ -26,6 +26,8 @@ from torch.nn import functional as F
 
 
 class SelfAttention(nn.Module):
+    """Causal multi-head self-attention."""
+
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
@@ -58,6 +60,8 @@ def attention_with_dropout(q, k, v, causal: bool, mask: torch.Tensor) -> torch.T
 
 
 class MLP(nn.Module):
+    """The block's feed-forward sublayer: Linear, GELU, Linear."""
+
     def __init__(self, width: int, hidden: int):
         super().__init__()
         self.fc = nn.Linear(width, hidden)
@@ -69,6 +73,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """A pre-LN transformer block: attention and MLP sublayers, each added to the residual stream."""
+
     def __init__(self, width: int, heads: int, hidden: int):
         super().__init__()
         self.ln_attn = nn.LayerNorm(width)

@@ -46,6 +46,8 @@ class VGGConfig:
 
 
 class VGG16(nn.Module):
+    """torchvision's VGG-16 with its layers named (see the module docstring); ``config`` is its one argument."""
+
     def __init__(self, config: VGGConfig):
         super().__init__()
         self.config = config

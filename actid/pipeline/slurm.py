@@ -1,10 +1,10 @@
 """A sweep's pending grid points as a SLURM job array, through submitit: ``python -m actid.sweep EXP --launcher slurm``.
 
 The submitting host validates the grid and classifies the run directories exactly as the local launcher does
-(:func:`actid.pipeline.plan.plan`: a bad grid changes nothing; stale runs are set aside, never deleted), downloads the data
-the runs need once (CIFAR, MNIST), then submits **one array task per unfinished grid point**: finished runs are never
-resubmitted, and a run whose job is still pending or running is waited on, not submitted twice. Each task trains its
-run with the same code as the local launcher, in the same run directory, with ``threads`` CPU threads.
+(:func:`actid.pipeline.plan.plan`: a bad grid changes nothing; stale runs are set aside, never deleted), downloads the
+data the runs need once (CIFAR, MNIST), then submits **one array task per unfinished grid point**: finished runs are
+never resubmitted, and a run whose job is still pending or running is waited on, not submitted twice. Each task trains
+its run with the same code as the local launcher, in the same run directory, with ``threads`` CPU threads.
 
 **Pre-emption and time limits.** SLURM sends SIGUSR2 ``signal_delay_s`` before the time limit (submitit asks for it).
 The task then checkpoints the run at the next step boundary (:class:`actid.train.TrainingInterrupted`) and submitit

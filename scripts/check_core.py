@@ -1,0 +1,38 @@
+"""The core install alone (`pip install .`, no extras): import actid, fit the estimators, track a model.
+
+CI runs it in a fresh venv holding torch and the core only, so a module of the core that needs an extra (DVC,
+papermill, JupyterLab, seaborn, mlxtend, submitit, torchvision) fails here instead of on a user's machine."""
+
+import importlib.util
+import sys
+import tempfile
+
+EXTRAS = ["dvc", "papermill", "jupytext", "jupyterlab", "matplotlib", "seaborn", "mlxtend", "submitit", "torchvision",
+          "skdim"]
+
+present = [name for name in EXTRAS if importlib.util.find_spec(name) is not None]
+if present:
+    raise SystemExit(f"this check needs a venv with the core only, but {present} are installed")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import actid  # noqa: E402
+from actid.runs import load_runs  # noqa: E402
+
+g = torch.Generator().manual_seed(0)
+X = torch.randn(3000, 6, generator=g) @ torch.randn(6, 64, generator=g)  # a 6-d linear subspace of R^64
+twonn, mle, gride = actid.fit_estimators(X, [actid.TwoNN(), actid.MLE(k=20), actid.GRIDE()])
+assert all(5 < est.dimension_ < 7 for est in (twonn, mle, gride)), (twonn.dimension_, mle.dimension_, gride.dimension_)
+
+model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3))
+y = torch.randint(0, 3, (3000,), generator=g)
+with tempfile.TemporaryDirectory() as tmp:
+    tracker = actid.Tracker(model, (X[:500], y[:500]), layers=["1"], run_dir=f"{tmp}/mine",
+                            measures={"id": {}, "participation_ratio": {}})
+    tracker.measure(0)
+    rows = load_runs(f"{tmp}/mine")
+assert {"id/1", "llid", "participation_ratio/1", "val_acc"} <= set(rows.columns)
+print(f"core install: actid {actid.__version__} on Python {sys.version.split()[0]}, torch {torch.__version__}: "
+      f"TwoNN {twonn.dimension_:.3f}, MLE {mle.dimension_:.3f}, GRIDE {gride.dimension_:.3f} (true 6); "
+      f"Tracker row with LLID {rows['llid'].iloc[0]:.2f}; none of {EXTRAS} installed")
