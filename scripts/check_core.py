@@ -25,6 +25,7 @@ X = torch.randn(3000, 6, generator=g) @ torch.randn(6, 64, generator=g)  # a 6-d
 twonn, mle, gride = actid.fit_estimators(X, [actid.TwoNN(), actid.MLE(k=20), actid.GRIDE()])
 assert all(5 < est.dimension_ < 7 for est in (twonn, mle, gride)), (twonn.dimension_, mle.dimension_, gride.dimension_)
 
+torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3))
 y = torch.randint(0, 3, (3000,), generator=g)
 with tempfile.TemporaryDirectory() as tmp:
