@@ -42,15 +42,19 @@ up() {
         cp /run/munge/actid-munged.pid "$dir/munged.pid"
     fi
     # 2. accounting: MariaDB on loopback, then slurmdbd
+    # root logs in through the socket as the OS's root only (no password that anyone on 127.0.0.1 could use); the
+    # slurm user gets a random password, written only into the root-only slurmdbd.conf
     if [ ! -d "$dir/db/mysql" ]; then
-        mariadb-install-db --user=root --datadir="$dir/db" --auth-root-authentication-method=normal \
+        mariadb-install-db --user=root --datadir="$dir/db" --auth-root-authentication-method=socket \
             --skip-test-db >"$dir/log/mariadb-install.log" 2>&1
     fi
+    local dbpass; dbpass=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
     mariadbd --user=root --datadir="$dir/db" --bind-address=127.0.0.1 --port=3306 --socket="$dir/mysql.sock" \
         --pid-file="$dir/mariadb.pid" --log-error="$dir/log/mariadb.log" </dev/null >>"$dir/log/mariadb.log" 2>&1 &
     wait_for 30 MariaDB mariadb --socket="$dir/mysql.sock" -uroot -e "select 1"
-    mariadb --socket="$dir/mysql.sock" -uroot -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'actid';
-        CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'actid';
+    mariadb --socket="$dir/mysql.sock" -uroot -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost';
+        CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1';
+        ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$dbpass'; ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$dbpass';
         GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
     cat >"$dir/slurmdbd.conf" <<EOF
 AuthType=auth/munge
@@ -60,7 +64,7 @@ StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
 StoragePort=3306
 StorageUser=slurm
-StoragePass=actid
+StoragePass=$dbpass
 LogFile=$dir/log/slurmdbd.log
 PidFile=$dir/slurmdbd.pid
 EOF

@@ -66,9 +66,29 @@ class LayerCalledTwiceError(RuntimeError):
     """A recorded module ran more than once in one forward pass of the model."""
 
 
+def examples_first(out: torch.Tensor, layer: str, batch: int | None, batch_dim: int | None = None) -> torch.Tensor:
+    """A layer's output with its example dimension first (see :func:`recording`), or a ValueError naming the layer."""
+    if batch is None:  # the model's input is not a tensor batch: dimension 0 as given
+        return out
+    if batch_dim is not None:
+        if out.ndim <= batch_dim or out.shape[batch_dim] != batch:
+            raise ValueError(f"layer {layer!r}: batch_dim={batch_dim} but its output has shape {tuple(out.shape)}, "
+                             f"and the batch has {batch} examples")
+        return out.movedim(batch_dim, 0)
+    if out.ndim and out.shape[0] == batch:
+        return out
+    matches = [d for d in range(out.ndim) if out.shape[d] == batch]
+    if len(matches) != 1:
+        found = "no dimension" if not matches else f"dimensions {matches}"
+        raise ValueError(f"layer {layer!r}: its output has shape {tuple(out.shape)}, with {found} of the batch's "
+                         f"size {batch}, so its rows cannot be told apart by example; pass batch_dim= (the dimension "
+                         "that indexes the examples) or record another module")
+    return out.movedim(matches[0], 0)
+
+
 @contextmanager
 def recording(model: nn.Module, layers: Iterable[str], *, store: str | torch.device = "cpu",
-              dtype: torch.dtype | None = None):
+              dtype: torch.dtype | None = None, batch_dim: int | None = None):
     """Within the block, every forward pass of ``model`` appends each layer's flattened output to
     ``chunks[layer]`` (yielded); :func:`capture_activations` is the usual entry point. Lets a caller
     record activations during a forward pass it needs anyway (e.g. to compute the accuracy).
@@ -76,15 +96,24 @@ def recording(model: nn.Module, layers: Iterable[str], *, store: str | torch.dev
     A module that runs more than once per forward pass of ``model`` (torchvision's ``BasicBlock``
     reuses its ``relu``) raises :class:`LayerCalledTwiceError`: its rows would mix the calls (2n rows
     for n inputs). Record a module that runs once instead, such as the block itself.
-    ``dtype`` None keeps each layer's own dtype."""
+    ``dtype`` None keeps each layer's own dtype.
+
+    Each output becomes one row per example: its dimension of the batch's size (the first dimension of the model's
+    first tensor input) is moved first, then the rest is flattened. ``batch_dim`` names that dimension; None finds
+    it: dimension 0 when it has the batch's size, else the one other dimension that has (a sequence-first module such
+    as ``nn.MultiheadAttention`` or ``nn.LSTM`` by default). An output with no such dimension, or several besides the
+    first, is refused naming the layer: its rows would mix examples."""
     layers = list(layers)
     modules = check_layer_names(model, layers)
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     calls = dict.fromkeys(layers, 0)
+    batch = {"size": None}
 
-    def new_forward(_module, _inputs):
+    def new_forward(_module, inputs):
         for name in calls:
             calls[name] = 0
+        first = next((x for x in inputs if isinstance(x, torch.Tensor)), None)
+        batch["size"] = first.shape[0] if first is not None and first.ndim else None
 
     def hook_for(name):
         def hook(_module, _inputs, output):
@@ -96,6 +125,7 @@ def recording(model: nn.Module, layers: Iterable[str], *, store: str | torch.dev
                     f"activations would mix the calls; record a module that runs once per forward, e.g. {parent!r}, "
                     "or wrap each call in its own module (an nn.Identity after it)")
             out = output[0] if isinstance(output, (tuple, list)) else output
+            out = examples_first(out, name, batch["size"], batch_dim)
             chunks[name].append(out.detach().flatten(1).to(device=store, dtype=dtype or out.dtype))
         return hook
 
@@ -118,6 +148,7 @@ def capture_activations(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     keep_on_device: bool = False,
+    batch_dim: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Return {layer name: (n_examples, features)} activations of ``model`` on ``data``.
 
@@ -133,9 +164,12 @@ def capture_activations(
         dtype: storage dtype of the activations (default: the layer's own); float16/bfloat16 halve
             the memory. The estimators centre in float64 before measuring distances in float32.
         keep_on_device: keep activations on the model's device (e.g. GPU) instead of the CPU.
+        batch_dim: the dimension of each layer's output that indexes the examples (None: found from the batch size;
+            see :func:`recording`).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    with eval_mode(model), recording(model, layers, store=device if keep_on_device else "cpu", dtype=dtype) as chunks:
+    with eval_mode(model), recording(model, layers, store=device if keep_on_device else "cpu", dtype=dtype,
+                                     batch_dim=batch_dim) as chunks:
         for x in _batches(data, batch_size):
             model(x.to(device, non_blocking=True))
     return {name: torch.cat(parts) for name, parts in chunks.items()}

@@ -79,6 +79,17 @@ def _check_dropped(name: str, n_dropped: int, n: int) -> None:
                       "the data may be discretized or collapsed, so treat the estimate with care", stacklevel=3)
 
 
+def _require_usable(name: str, n_used: int, n: int, n_near_dup: int, tie: str) -> None:
+    """Every estimator's check of the points left for its fit: too few is an error naming why, many dropped a
+    warning (TwoNN, MLE and GRIDE say the same thing in the same words)."""
+    if n_used < MIN_FIT_POINTS:
+        raise ValueError(f"{name}: only {n_used} of {n} points are usable after dropping {n_near_dup} near duplicates "
+                         f"and {n - n_used - n_near_dup} ties ({tie}); the data look discretized (a lattice) or "
+                         f"collapsed onto few values, where {name} is undefined. Add jitter below the data's "
+                         "resolution only if that is what you mean to measure.")
+    _check_dropped(name, n - n_used, n)
+
+
 class Estimator:
     """Shared plumbing: neighbour search, result attributes."""
 
@@ -175,12 +186,7 @@ class TwoNN(Estimator):
         used, n_near = torch.stack([keep.sum(dim=1), near_dup.sum(dim=1)]).tolist()
         m = r1.shape[1]
         for n_used, n_near_dup in zip(used, n_near):
-            if n_used < MIN_FIT_POINTS:
-                raise ValueError(f"TwoNN: only {n_used} of {m} points are usable after dropping {n_near_dup} near "
-                                 f"duplicates and {m - n_used - n_near_dup} ties (r1 == r2); the data look discretized "
-                                 "(a lattice) or collapsed onto few values, where TwoNN is undefined. Add jitter below "
-                                 "the data's resolution only if that is what you mean to measure.")
-            _check_dropped("TwoNN", m - n_used, m)
+            _require_usable("TwoNN", n_used, m, n_near_dup, "r1 == r2")
         # each row's kept ratios first (a stable sort of the keep mask), then the rest, which the fit ignores
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
         mu = (r2 / r1).gather(1, order)
@@ -249,7 +255,7 @@ class MLE(Estimator):
         self.n_duplicates_ = nb.n_duplicates
         self.n_used_ = int(inv.numel())
         self.n_dropped_ = nb.n - self.n_used_
-        _check_dropped("MLE", self.n_dropped_, nb.n)
+        _require_usable("MLE", self.n_used_, nb.n, int((~keep).sum()), f"all {self.k} neighbours equidistant")
         local = 1.0 / inv
         self.local_dimension_ = local
         self.dimension_ = float(local.mean() if self.average == "mean" else 1.0 / inv.mean())
@@ -281,7 +287,9 @@ class GRIDE(Estimator):
 
     def fit_neighbors(self, nb: Neighbors):
         r = nb.distances
-        keep = ~_near_duplicate_mask(r[:, 0]) & (r[:, self.n2 - 1] > r[:, self.n1 - 1])
+        near_dup = _near_duplicate_mask(r[:, 0])
+        keep = ~near_dup & (r[:, self.n2 - 1] > r[:, self.n1 - 1])
+        _require_usable("GRIDE", int(keep.sum()), nb.n, int(near_dup.sum()), f"r{self.n1} == r{self.n2}")
         mu = (r[keep, self.n2 - 1] / r[keep, self.n1 - 1]).cpu().numpy()
         q50, q95 = np.percentile(mu, [50, 95])
         log_mu = np.log(mu[mu < q50 + 20 * (q95 - q50)])

@@ -8,6 +8,7 @@ gets the permissions ``open()`` would give it, so a group that shares a results 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -43,9 +44,13 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"{os.strerror(err.errno)} while writing {path}: the previous version of the "
+                                     "file is kept, unchanged. Free space and rerun; an interrupted run resumes from "
+                                     "its checkpoint") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -23,12 +23,14 @@ ran on; an unfinished one resumes only where the keys that change its numerics
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
 import os
 import platform
 import socket
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -69,6 +71,27 @@ class RunLockedError(RuntimeError):
     """Another process is writing this run."""
 
 
+class RunTaken(ValueError):
+    """A run folder holds another run (another config, or files actid did not write): never written into."""
+
+
+class RunFormatError(ValueError):
+    """A run written by a newer actid, in a format this version does not know."""
+
+
+RUN_FORMAT = 2
+"""The run directory's format, recorded as ``format`` in ``config.json`` (1: the runs written before the key
+existed, read the same way). A run of a newer format is refused, naming both versions."""
+
+
+class LockRefused(RuntimeError):
+    """A run's ``.lock`` cannot be used safely (a link, not a plain file, or a filesystem without locks)."""
+
+
+class CheckpointRefused(RuntimeError):
+    """A run's ``checkpoint.pt`` holds more than tensors and plain values: it is not loaded, nothing in it runs."""
+
+
 def _frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     try:
         pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_dtype=False)
@@ -92,6 +115,7 @@ class Run:
         self.metrics_path = self.path / "metrics.csv"
         self.checkpoint_path = self.path / "checkpoint.pt"
         self.done_path = self.path / "done.json"
+        self.failed_path = self.path / "failed.json"
         self.snapshot_dir = self.path / "snapshots"
         self.lock_path = self.path / ".lock"
 
@@ -113,8 +137,13 @@ class Run:
         return isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "experiment" in meta
 
     def meta(self) -> dict:
-        """The whole ``config.json``."""
-        return json.loads(self.config_path.read_text())
+        """The whole ``config.json`` (refused, :class:`RunFormatError`, when a newer actid wrote it)."""
+        meta = json.loads(self.config_path.read_text())
+        version = meta.get("format", 1)
+        if not isinstance(version, int) or version > RUN_FORMAT:
+            raise RunFormatError(f"{self.config_path} is a run of format {version!r}, written by a newer actid; this "
+                                 f"actid ({__version__}) reads formats up to {RUN_FORMAT}: upgrade actid to use it")
+        return meta
 
     @property
     def config(self) -> dict:
@@ -128,16 +157,16 @@ class Run:
         a changed run aside first); its file, which records where it ran, is kept."""
         if self.config_path.exists():
             if not self.is_actid_run():
-                raise ValueError(f"{self.config_path} exists and was not written by actid; choose another run "
-                                 "directory (actid never overwrites a file it did not create)")
+                raise RunTaken(f"{self.config_path} exists and was not written by actid; choose another run "
+                               "directory (actid never overwrites a file it did not create)")
             if not self.same_identity(config):
                 changed = sorted(k for k in set(identity(config)) | set(identity(self.config))
                                  if identity(config).get(k) != identity(self.config).get(k))
-                raise ValueError(f"{self.path} holds a run of another config (keys {changed} differ); "
-                                 "move it aside or choose another directory")
+                raise RunTaken(f"{self.path} holds a run of another config (keys {changed} differ); "
+                               "move it aside or choose another directory")
             return
         versions = {"actid": __version__, "torch": torch.__version__, "python": platform.python_version()}
-        record = {"config": config, **meta, "versions": versions}
+        record = {"config": config, **meta, "versions": versions, "format": RUN_FORMAT}
         files.atomic_write_text(self.config_path, json.dumps(record, indent=1))
 
     def runtime(self) -> dict | None:
@@ -152,6 +181,27 @@ class Run:
     @property
     def is_finished(self) -> bool:
         return self.done_path.exists()
+
+    @property
+    def failure(self) -> dict | None:
+        """Why the run failed (``failed.json``: the error, its message and traceback, the last evaluated step), or
+        None. A failed run is not trained again until the sweep's ``--restart``."""
+        if not self.failed_path.exists():
+            return None
+        try:
+            return json.loads(self.failed_path.read_text())
+        except ValueError:
+            return {"error": "unreadable failed.json", "message": str(self.failed_path)}
+
+    def record_failure(self, error: BaseException) -> dict:
+        """Write ``failed.json`` for an error that stopped the run (the run's other files stay as they are)."""
+        import traceback
+        rows = self.read_metrics() if self.metrics_path.exists() else None
+        record = {"error": type(error).__name__, "message": str(error)[:2000],
+                  "last_step": int(rows[schema.STEP].iloc[-1]) if rows is not None and len(rows) else None,
+                  "traceback": "".join(traceback.format_exception(error))[-8000:]}
+        files.atomic_write_text(self.failed_path, json.dumps(record, indent=1))
+        return record
 
     def read_metrics(self) -> pd.DataFrame:
         """``metrics.csv`` read exactly (floats round-trip), or a clear error naming the file."""
@@ -216,10 +266,20 @@ class Run:
         files.atomic_write(self.checkpoint_path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self) -> dict | None:
+        """The training state of an unfinished run, or None. It is loaded as tensors and plain values only
+        (``weights_only``): a file that needs anything else (a pickled object: a hostile file, or one an older actid
+        wrote) is refused with :class:`CheckpointRefused`, and nothing in it runs."""
         if not self.checkpoint_path.exists():
             return None
-        # on the CPU: generator states must stay CPU tensors; load_state_dict moves the rest
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            # on the CPU: generator states must stay CPU tensors; load_state_dict moves the rest
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - whatever the file holds, it is refused the same way
+            raise CheckpointRefused(
+                f"{self.checkpoint_path} was not loaded: it holds more than tensors and plain values, so it was not "
+                f"written by this actid ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Nothing in it was "
+                "run. To train this run again from step 0, rerun the sweep with --restart (it moves the run to "
+                ".stale/ first)") from None
 
     def snapshot_path(self, step: int) -> Path:
         return self.snapshot_dir / f"step-{step:08d}.pt"
@@ -249,34 +309,85 @@ class Run:
     @contextlib.contextmanager
     def lock(self):
         """Hold the run's write lock for the block, or fail at once naming the process that holds it.
-        The operating system releases it when the holder dies, however it dies."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+
+        The operating system releases it when the holder dies, however it dies. Re-entrant within a process (a
+        launcher holds it from the run's first write, ``config.json``, through training). ``.lock`` is opened for
+        writing, never through a symbolic link, never truncated, with the run folder's read/write permissions (so a
+        group sharing the results folder can lock it); a ``.lock`` that is a link, or not a plain file of its own,
+        is refused (:class:`LockRefused`), as is a filesystem that cannot lock (NFS without its lock service)."""
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            _HELD[key] += 1
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
-                raise RunLockedError(f"{self.path} is being written by another process ({holder}); wait for it "
-                                     "or stop it (two writers would corrupt the run)") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-            yield self
+                yield self
+            finally:
+                _HELD[key] -= 1
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = self._open_lock(create=True)
+        try:
+            self._flock(fd)
+            holder = f"pid {os.getpid()} on {socket.gethostname()}".ljust(LOCK_LINE - 1)[:LOCK_LINE - 1] + "\n"
+            os.pwrite(fd, holder.encode(), 0)  # a fixed width: the previous holder's line is overwritten, not cut
+            _HELD[key] = 1
+            try:
+                yield self
+            finally:
+                del _HELD[key]
         finally:
             os.close(fd)  # releases the lock
 
     def is_locked(self) -> bool:
-        """Whether another process holds the lock now (looks without writing anything)."""
-        if not self.lock_path.exists():
+        """Whether another process holds the lock now (writes nothing). :class:`LockRefused` as :meth:`lock`."""
+        if os.path.realpath(self.path) in _HELD:
             return False
-        fd = os.open(self.lock_path, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = self._open_lock(create=False)
+        except FileNotFoundError:
             return False
-        except BlockingIOError:
+        try:
+            self._flock(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except RunLockedError:
             return True
         finally:
             os.close(fd)
+
+    def _open_lock(self, create: bool) -> int:
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(self.lock_path, flags, self.path.stat().st_mode & 0o666 if create else 0)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise LockRefused(f"{self.lock_path} is a symbolic link, which actid never makes; nothing was "
+                                  "written through it. Remove it (rm, not the file it points to) and rerun") from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise LockRefused(f"{self.lock_path} is not a plain file of its own (a hard link, device or pipe), which "
+                              "actid never makes; nothing was written to it. Remove it and rerun")
+        return fd
+
+    def _flock(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, LOCK_LINE, 0).decode(errors="replace").strip() or "unknown process"
+            raise RunLockedError(f"{self.path} is being written by another process ({holder}); wait for it "
+                                 "or stop it (two writers would corrupt the run)") from None
+        except OSError as err:  # EBADF, ENOLCK, EOPNOTSUPP: a filesystem without working locks (e.g. NFS, no lockd)
+            raise LockRefused(f"cannot lock {self.lock_path}: {os.strerror(err.errno)} (errno {err.errno}). The "
+                              "filesystem does not support locks here (NFS needs its lock service); without a lock "
+                              "two writers could corrupt a run, so nothing was written. Use a local --out or enable "
+                              "locking on the mount") from None
+
+
+LOCK_LINE = 128
+"""Bytes of the holder line in ``.lock`` (fixed, so it is overwritten in place, never truncated)."""
+_HELD: dict[str, int] = {}
+"""Run folders whose lock this process holds (real path -> nesting depth)."""
 
 
 # --- loading results ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -107,6 +108,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     slurm.add_argument("--status", action="store_true", help="report every grid point's state; submit nothing")
     args = parser.parse_args(argv)
     _experiment_from_set(parser, args)
+    match = re.fullmatch(r"(\d+)/(\d+)", args.shard)
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        parser.error(f"--shard takes i/n with 0 <= i < n (grid points i, i+n, ...), got {args.shard!r}; "
+                     "e.g. 0/2 and 1/2")
+    args.shard_index, args.shard_count = int(match[1]), int(match[2])
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs > 1 and args.shard != "0/1":
+        parser.error("--jobs starts its own shards; give --jobs or --shard, not both")
     return args
 
 
@@ -144,21 +154,28 @@ def main(argv: list[str] | None = None) -> None:
     handled = [signal.SIGTERM] + ([] if inherited_ignore else [signal.SIGINT])
     previous = {s: signal.signal(s, stop) for s in handled}
     try:
-        if args.jobs > 1:
+        jobs = args.jobs
+        if jobs > 1:
+            n_points = len(grid.resolve_grid(args.experiment, params, profile, overrides)[0])
+            if jobs > n_points:
+                print(f"--jobs {jobs}: the grid has {n_points} run(s), so {max(n_points, 1)} shard process(es)")
+                jobs = max(n_points, 1)
+        if jobs > 1:
             planned, stale = planning.plan(args.experiment, params, out, profile, overrides, restart=args.restart,
-                                           threads=args.threads or local.threads_per_job(args.jobs),
-                                           batch_runs=args.batch_runs, jobs=args.jobs)
+                                           threads=args.threads or local.threads_per_job(jobs),
+                                           batch_runs=args.batch_runs, jobs=jobs)
             planning.tidy(planned, stale, out, profile)
             local.prepare(args.experiment, params, profile, overrides)
             shard_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--restart"]
-            return local.run_jobs(args.jobs, shard_argv, len(planned), f"{args.experiment}/{profile}", args.threads)
+            return local.run_jobs(jobs, shard_argv, len(planned), f"{args.experiment}/{profile}",
+                                  args.threads or local.threads_per_job(jobs))
         sharded = "ACTID_PARENT_PID" in os.environ
         if sharded:
             local.stop_when_orphaned(int(os.environ["ACTID_PARENT_PID"]))
-        i, n = (int(v) for v in args.shard.split("/"))
-        local.run_sweep(args.experiment, params, out, profile, (i, n), overrides, restart=args.restart,
-                        set_aside_stale=not sharded, reporter=ShardReporter() if sharded else None,
-                        batch_runs=args.batch_runs, interrupt=lambda: bool(received))
+        local.run_sweep(args.experiment, params, out, profile, (args.shard_index, args.shard_count), overrides,
+                        restart=args.restart, set_aside_stale=not sharded,
+                        reporter=ShardReporter() if sharded else None, batch_runs=args.batch_runs,
+                        interrupt=lambda: bool(received))
         if received:  # the signal's exception was dropped during the last evaluation: still exit as stopped
             raise TrainingInterrupted("stopped by a signal")
     except grid.InvalidSweep as err:  # a user's mistake, found before any file changed: no traceback

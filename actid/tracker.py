@@ -66,7 +66,8 @@ class Tracker:
         recorded = {"layers": list(layers), "llid_layer": self.task.llid_layer, "measures": self.measures_spec,
                     "probes": self.probes_spec, "probe_sizes": {n: len(x) for n, (x, _) in eval_sets.items()},
                     "seed": seed, **(config or {})}
-        self.run.write_config(recorded, {"experiment": "tracker", "profile": None})
+        with self.run.lock():
+            self.run.write_config(recorded, {"experiment": "tracker", "profile": None})
         self.calls = 0
 
     def measure(self, step: int) -> dict[str, float]:

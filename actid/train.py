@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from actid import schema, train_state
+from actid.config import check_fields, flag, integer, mapping, one_of, param, real, sequence, text
 from actid._moved import moved
 from actid.evaluation import evaluate, probe_sets
 from actid.measures import build_measures, build_probes, resolve_measures, resolve_probes
@@ -46,6 +47,10 @@ MOVED = {"EpochSampler": "actid.train_state", "runtime": "actid.train_state", "c
          "ProbeSet": "actid.evaluation"}
 """Names this module held before training state and evaluation got modules of their own (:mod:`actid._moved`)."""
 __getattr__ = moved(__name__, MOVED)
+
+
+DEVICE = r"auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?"
+"""The devices a run may name (``auto``: a GPU if there is one)."""
 
 
 def _default_probes() -> dict:
@@ -78,33 +83,34 @@ class TrainConfig:
         and a warning says so.
     """
 
-    steps: int = 1000
-    batch_size: int = 512
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
-    momentum: float = 0.9
-    warmup_steps: int = 0
-    schedule: str = "constant"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.2
-    eval_every: int = 100
-    eval_log_points: int = 0
-    eval_batch_size: int = 2048
-    probes: dict = field(default_factory=_default_probes)
-    measures: dict = field(default_factory=_default_measures)
-    snapshot_every: int = 0
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False
+    steps: int = param(1000, integer(1))
+    batch_size: int = param(512, integer(1))
+    optimizer: str = param("adam", one_of("adam", "adamw", "sgd"))
+    lr: float = param(1e-3, real(0, low_open=True))
+    weight_decay: float = param(0.0, real(0))
+    betas: tuple[float, float] = param((0.9, 0.98), sequence(real(0, 1, high_open=True), length=2))
+    eps: float = param(1e-8, real(0, low_open=True))
+    momentum: float = param(0.9, real(0, 1, high_open=True))
+    warmup_steps: int = param(0, integer(0))
+    schedule: str = param("constant", one_of("constant", "cosine", "multistep"))
+    milestones: tuple[int, ...] = param((), sequence(integer(0)))
+    gamma: float = param(0.2, real(0, low_open=True))
+    eval_every: int = param(100, integer(1))
+    eval_log_points: int = param(0, integer(0))
+    eval_batch_size: int = param(2048, integer(1))
+    probes: dict = param(check=mapping(), default_factory=_default_probes)
+    measures: dict = param(check=mapping(), default_factory=_default_measures)
+    snapshot_every: int = param(0, integer(0))
+    seed: int = param(0, integer(0))
+    device: str = param("auto", text(DEVICE))
+    amp: bool = param(False, flag())
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine", "multistep"):
             raise ValueError(f"schedule must be 'constant', 'cosine' or 'multistep', got {self.schedule!r}")
+        check_fields(self)
         self.betas = tuple(self.betas)
         self.milestones = tuple(self.milestones)
         self.probes = resolve_probes(self.probes, self.seed)

@@ -141,12 +141,14 @@ class TrainState:
         return torch.default_generator, torch.cuda.default_generators[index]
 
     def save(self, run: Run, progress: Progress, runtime: dict) -> None:
-        """Write the run's checkpoint (atomically): every state above, ``progress`` and the ``runtime``."""
+        """Write the run's checkpoint (atomically): every state above, ``progress`` and the ``runtime``, as tensors
+        and plain Python values only, so that it loads without unpickling any object (``weights_only``)."""
+        rows = [{k: v.item() if hasattr(v, "item") else v for k, v in row.items()} for row in progress.rows]
         run.save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                              "sampler": self.sampler.state_dict(), "aug_generator": self.aug_generator.get_state(),
                              "cpu_rng": self.cpu_rng.get_state(),
                              "cuda_rng": self.cuda_rng.get_state() if self.cuda_rng is not None else None,
-                             "step": progress.step, "elapsed": progress.elapsed, "rows": progress.rows,
+                             "step": progress.step, "elapsed": float(progress.elapsed), "rows": rows,
                              "runtime": runtime})
 
     def restore(self, run: Run, runtime: dict, evaluation_steps: list[int]) -> Progress:

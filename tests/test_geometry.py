@@ -240,7 +240,7 @@ def test_residual_cost_gradient_equals_autograd():
 
 
 def test_measure_refuses_bad_parameters():
-    with pytest.raises(ValueError, match="n_t must be a positive integer"):
+    with pytest.raises(ValueError, match="n_t must be an integer >= 1"):
         ManifoldGeometryMeasure(n_t=0)
     with pytest.raises(ValueError, match="n_reps"):
         ManifoldGeometryMeasure(n_reps=0)

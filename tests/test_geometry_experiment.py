@@ -69,7 +69,7 @@ def test_build_wires_the_eval_sets_to_the_permutation():
 def test_resolve_refuses_derived_and_bad_keys():
     with pytest.raises(KeyError, match="derived from epochs"):
         resolve({"steps": 10})
-    with pytest.raises(ValueError, match="permuted_fraction must be in"):
+    with pytest.raises(ValueError, match="permuted_fraction must be a number > 0 and < 1"):
         resolve({"permuted_fraction": 0.0})
 
 

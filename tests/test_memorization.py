@@ -192,7 +192,7 @@ def test_resolve_writes_out_the_reference_recipe_and_refuses_bad_keys():
         resolve({"init_scale": 1.0})
     with pytest.raises(ValueError, match="loss must be one of"):
         resolve({"loss": "mse"})
-    with pytest.raises(ValueError, match="standard deviation"):
+    with pytest.raises(ValueError, match="init_std must be a number > 0"):
         resolve({"init_std": -1})
     with pytest.raises(ValueError, match="train_images=105"):
         resolve({"train_images": 105})

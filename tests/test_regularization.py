@@ -194,8 +194,8 @@ def test_train_images_is_a_fixed_class_balanced_subset():
     again, _ = build({**digits, "train_images": 50, "seed": 5})  # the subset does not follow the run seed
     assert torch.equal(task.train_x, again.train_x) and torch.equal(task.eval_sets["val"][1], full.eval_sets["val"][1])
     assert cfg.steps == 2 * math.ceil(50 / 128)
-    for bad in (55, 0):
-        with pytest.raises(ValueError, match="multiple of the 10 classes"):
+    for bad, reason in ((55, "multiple of the 10 classes"), (0, "train_images must be an integer >= 1")):
+        with pytest.raises(ValueError, match=reason):
             build({**digits, "train_images": bad})
 
 

@@ -102,10 +102,20 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
 
 def test_a_second_writer_fails_at_once_naming_the_first(tmp_path):
     run = Run(tmp_path / "run")
-    with run.lock():
-        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from actid.runs import Run\n"
+                               "with Run(sys.argv[1]).lock():\n    print('locked', flush=True); time.sleep(60)",
+                               str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run.is_locked()
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
             fresh(run.path)
-    assert not run.metrics_path.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not run.metrics_path.exists() and not run.is_locked()
+    with run.lock(), run.lock():  # re-entrant within the process that holds it
+        assert not run.is_locked()
 
 
 def test_resuming_with_other_numerics_is_refused_with_both_choices(tmp_path):

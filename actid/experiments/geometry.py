@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from actid.config import check_keys, flat_config, pick, refuse_derived, steps_per_epoch
+from actid.config import (check_fields, check_keys, flag, flat_config, integer, one_of, param, pick, real,
+                          refuse_derived, steps_per_epoch, text)
 from actid.data.images import NAMES as IMAGE_NAMES
 from actid.data.images import (VECTOR_NAMES, DeviceAugment, check_subset_size, download_missing, load_image_dataset,
                                load_vectors, train_subset)
@@ -77,23 +78,30 @@ DERIVED = {"steps"}  # set from epochs by build()
 class GeometrySetup:
     """Data, label permutation, model and length of one run (the optimizer keys live in TrainConfig)."""
 
-    dataset: str = "mnist5k"  # mlp: mnist5k or mnist (torchvision's files); vgg16: cifar100, cifar10 or mnist5k
-    data_dir: str = "data"
-    download: bool = False
-    verify_md5: bool = True  # torchvision's checksum of the CIFAR files (False for generated test files)
-    train_images: int | None = 2000  # a fixed class-balanced subset of the training split (None: all of it)
-    permuted_fraction: float = 0.5  # ε: the fraction of training labels shuffled
-    permutation_seed: int = 0  # fixed across seeds and ε, so runs differ only in what they vary
-    manifold_points: int = 20  # examples per class in each kind of class manifold
-    model: str = "mlp"  # or vgg16
-    width: int | None = None  # mlp: hidden units; vgg16: channels of the first block (None: MODELS' width)
-    depth: int = 3  # mlp: linear layers
-    hidden: int = 4096  # vgg16: units of fc1 and fc2
-    batch_norm: bool = False  # vgg16: a BatchNorm after every conv (torchvision's vgg16_bn)
-    crop_padding: int = 0  # vgg16 augmentation: random crops of the image padded by this many pixels
-    flip: bool = False  # vgg16 augmentation: random horizontal flips
-    rotate_degrees: float = 0.0  # vgg16 augmentation: random rotations within ± this
-    epochs: int = 60
+    # mlp: mnist5k or mnist (torchvision's files); vgg16: cifar100, cifar10 or mnist5k
+    dataset: str = param("mnist5k", one_of(*dict.fromkeys(IMAGE_NAMES + VECTOR_NAMES[:2])))
+    data_dir: str = param("data", text())
+    download: bool = param(False, flag())
+    verify_md5: bool = param(True, flag())  # torchvision's checksum of the CIFAR files (False for generated test files)
+    # a fixed class-balanced subset of the training split (None: all of it)
+    train_images: int | None = param(2000, integer(1, optional=True))
+    # ε: the fraction of training labels shuffled
+    permuted_fraction: float = param(0.5, real(0, 1, low_open=True, high_open=True))
+    permutation_seed: int = param(0, integer(0))  # fixed across seeds and ε, so runs differ only in what they vary
+    manifold_points: int = param(20, integer(2))  # examples per class in each kind of class manifold
+    model: str = param("mlp", one_of(*MODELS))  # or vgg16
+    # mlp: hidden units; vgg16: channels of the first block (None: MODELS' width)
+    width: int | None = param(None, integer(1, optional=True))
+    depth: int = param(3, integer(2))  # mlp: linear layers
+    hidden: int = param(4096, integer(1))  # vgg16: units of fc1 and fc2
+    batch_norm: bool = param(False, flag())  # vgg16: a BatchNorm after every conv (torchvision's vgg16_bn)
+    crop_padding: int = param(0, integer(0))  # vgg16 augmentation: random crops of the image padded by this many pixels
+    flip: bool = param(False, flag())  # vgg16 augmentation: random horizontal flips
+    rotate_degrees: float = param(0.0, real(0, 180))  # vgg16 augmentation: random rotations within ± this
+    epochs: int = param(60, integer(1))
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def measured_layers(setup: GeometrySetup) -> list[str]:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from actid.config import check_keys, flat_config, pick
-from actid.data.modular import modular_equations, train_val_split, vocab_size
+from actid.config import check_fields, check_keys, flat_config, integer, one_of, param, pick, real
+from actid.data.modular import OPERATIONS, is_prime, modular_equations, train_val_split, vocab_size
 from actid.experiments.base import Experiment
 from actid.models.transformer import Transformer
 from actid.task import Task
@@ -16,19 +16,30 @@ from actid.train import TrainConfig, resolve_device
 
 @dataclass
 class GrokkingData:
-    p: int = 97
-    operation: str = "div"
-    train_fraction: float = 0.2
-    split_seed: int = 9
+    p: int = param(97, integer(2))
+    operation: str = param("div", one_of(*OPERATIONS))
+    train_fraction: float = param(0.2, real(0, 1, low_open=True, high_open=True))
+    split_seed: int = param(9, integer(0))
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.operation == "div" and not is_prime(self.p):
+            raise ValueError(f"division mod {self.p} needs a prime modulus (every b != 0 must be invertible); "
+                             "try p = 97")
 
 
 @dataclass
 class GrokkingModel:
-    width: int = 128
-    depth: int = 2
-    heads: int = 4
-    mlp_hidden: int = 512
-    dropout: float = 0.1
+    width: int = param(128, integer(1))
+    depth: int = param(2, integer(1))
+    heads: int = param(4, integer(1))
+    mlp_hidden: int = param(512, integer(1))
+    dropout: float = param(0.1, real(0, 1, high_open=True))
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
 
 
 def resolve(config: dict) -> dict:

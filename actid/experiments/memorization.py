@@ -24,11 +24,12 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from actid.config import check_keys, flat_config, pick, refuse_derived, steps_per_epoch
+from actid.config import (check_fields, check_keys, flag, flat_config, integer, one_of, param, pick, real,
+                          refuse_derived, steps_per_epoch, text)
 from actid.data.images import VECTOR_NAMES, check_subset_size, download_missing, load_vectors, train_subset
 from actid.experiments.base import Experiment
-from actid.losses import get_loss
-from actid.models.mlp import MLPConfig, TwoLayerMLP
+from actid.losses import LOSSES, get_loss
+from actid.models.mlp import ACTIVATIONS, MLPConfig, TwoLayerMLP
 from actid.paths import resolve as resolve_path
 from actid.task import Task
 from actid.train import TrainConfig, resolve_device
@@ -51,16 +52,21 @@ DERIVED = {"steps", "eval_every", "milestones"}  # set from epochs by build()
 class MemorizationSetup:
     """Data, model and length of one run (the optimizer keys live in TrainConfig)."""
 
-    dataset: str = "mnist5k"  # or mnist / cifar10 / cifar100 (torchvision's on-disk layout under data_dir)
-    data_dir: str = "data"  # relative to the repository root
-    download: bool = False
-    verify_md5: bool = True
-    train_images: int | None = None  # a fixed class-balanced subset of the training split (None: all of it)
-    activation: str = "sin"
-    init_std: float = 0.1  # σ: the standard deviation of W1's Gaussian init
-    hidden_units: int = 1024
-    loss: str = "cross_entropy"  # cross_entropy, hinge or squared (actid.losses)
-    epochs: int = 100
+    # or mnist / cifar10 / cifar100 (torchvision's on-disk layout under data_dir)
+    dataset: str = param("mnist5k", one_of(*VECTOR_NAMES))
+    data_dir: str = param("data", text())  # relative to the repository root
+    download: bool = param(False, flag())
+    verify_md5: bool = param(True, flag())
+    # a fixed class-balanced subset of the training split (None: all of it)
+    train_images: int | None = param(None, integer(1, optional=True))
+    activation: str = param("sin", one_of(*ACTIVATIONS))
+    init_std: float = param(0.1, real(0, low_open=True))  # σ: the standard deviation of W1's Gaussian init
+    hidden_units: int = param(1024, integer(1))
+    loss: str = param("cross_entropy", one_of(*LOSSES))  # cross_entropy, hinge or squared (actid.losses)
+    epochs: int = param(100, integer(1))
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def resolve(config: dict) -> dict:

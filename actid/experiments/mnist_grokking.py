@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from actid.config import check_keys, flat_config, pick
+from actid.config import check_fields, check_keys, flag, flat_config, integer, one_of, param, pick, real, text
 from actid.data.images import VECTOR_NAMES, check_subset_size, download_missing, load_vectors, train_subset
 from actid.experiments.base import Experiment
-from actid.losses import get_loss
+from actid.losses import LOSSES, get_loss
 from actid.models.scaled_mlp import ScaledMLP, ScaledMLPConfig
 from actid.paths import resolve as resolve_path
 from actid.task import Task
@@ -57,17 +57,21 @@ REFERENCE = dict(optimizer="adamw", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.
 class MnistGrokkingSetup:
     """Data and model of one run (the optimizer and length keys live in TrainConfig)."""
 
-    dataset: str = "mnist5k"  # or mnist (torchvision's on-disk layout under data_dir)
-    data_dir: str = "data"  # relative to the repository root
-    download: bool = False
-    train_images: int = 1000  # a fixed class-balanced subset of the training split
-    val_images: int | None = None  # likewise of the validation (test) split; None: all of it
-    width: int = 200
-    depth: int = 3
-    init_scale: float = 8.0  # α
-    dropout: float = 0.0
-    norm_reward: float = 0.0  # δ: the training loss is L - δ Σ w² (0: the baseline)
-    loss: str = "squared"  # actid.losses: squared = torch's MSELoss against one-hot targets
+    dataset: str = param("mnist5k", one_of(*VECTOR_NAMES[:2]))  # or mnist (torchvision's on-disk layout under data_dir)
+    data_dir: str = param("data", text())  # relative to the repository root
+    download: bool = param(False, flag())
+    train_images: int = param(1000, integer(1))  # a fixed class-balanced subset of the training split
+    # likewise of the validation (test) split; None: all of it
+    val_images: int | None = param(None, integer(1, optional=True))
+    width: int = param(200, integer(1))
+    depth: int = param(3, integer(2))
+    init_scale: float = param(8.0, real(0, low_open=True))  # α
+    dropout: float = param(0.0, real(0, 1, high_open=True))
+    norm_reward: float = param(0.0, real(0))  # δ: the training loss is L - δ Σ w² (0: the baseline)
+    loss: str = param("squared", one_of(*LOSSES))  # actid.losses: squared = torch's MSELoss against one-hot targets
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def resolve(config: dict) -> dict:

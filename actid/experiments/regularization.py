@@ -19,8 +19,9 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from actid.config import check_keys, flat_config, pick, refuse_derived, steps_per_epoch
-from actid.data.images import DeviceAugment, download_missing, load_image_dataset, train_subset
+from actid.config import (check_fields, check_keys, flag, flat_config, integer, one_of, param, pick, real,
+                          refuse_derived, sequence, steps_per_epoch, text)
+from actid.data.images import NAMES, DeviceAugment, download_missing, load_image_dataset, train_subset
 from actid.experiments.base import Experiment
 from actid.models.resnet import ResNet18
 from actid.paths import resolve as resolve_path
@@ -44,21 +45,25 @@ DERIVED = {"steps", "eval_every", "milestones", "eval_log_points"}  # set from t
 class ImageSetup:
     """Data, model and epoch-based lengths of one run (the optimizer keys live in TrainConfig)."""
 
-    recipe: str = "cifar100"
-    dataset: str = "cifar100"
-    data_dir: str = "data"  # relative to the repository root
-    download: bool = False
-    verify_md5: bool = True  # torchvision's checksum of the CIFAR files (False for generated test files)
-    train_images: int | None = None  # a fixed class-balanced subset of the training split (None: all of it)
-    width: int = 64
-    dropout: float = 0.0
-    epochs: int = 200
-    eval_every_epochs: int = 1
-    milestone_epochs: tuple[int, ...] = ()
-    crop_padding: int = 4
-    flip: bool = True
-    rotate_degrees: float = 0.0
-    eval_train: bool = True  # also report loss/accuracy on the (unaugmented) training split
+    recipe: str = param("cifar100", one_of(*RECIPES))
+    dataset: str = param("cifar100", one_of(*NAMES))
+    data_dir: str = param("data", text())  # relative to the repository root
+    download: bool = param(False, flag())
+    verify_md5: bool = param(True, flag())  # torchvision's checksum of the CIFAR files (False for generated test files)
+    # a fixed class-balanced subset of the training split (None: all of it)
+    train_images: int | None = param(None, integer(1, optional=True))
+    width: int = param(64, integer(1))
+    dropout: float = param(0.0, real(0, 1, high_open=True))
+    epochs: int = param(200, integer(1))
+    eval_every_epochs: int = param(1, integer(1))
+    milestone_epochs: tuple[int, ...] = param((), sequence(integer(0)))
+    crop_padding: int = param(4, integer(0))
+    flip: bool = param(True, flag())
+    rotate_degrees: float = param(0.0, real(0, 180))
+    eval_train: bool = param(True, flag())  # also report loss/accuracy on the (unaugmented) training split
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def _train_keys() -> list[str]:

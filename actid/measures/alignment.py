@@ -20,6 +20,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from actid import schema
+from actid.config import integer, param
 from actid.measures.base import Evaluation, LayerMeasure, Measure, register
 
 
@@ -313,7 +314,7 @@ class GradientAlignment(Measure):
 
     kind = "gradient_alignment"
     needs = "model"
-    chunk_size: int = 256
+    chunk_size: int = param(256, integer(1))
 
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         x, y = ev.probes[self.probe]

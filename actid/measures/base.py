@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from actid import schema
+from actid.config import Check, check_fields, integer, param, text
 
 MODEL_LAYERS = "model"
 """``layers: model`` means the layers the model names itself (``model.id_layers``)."""
@@ -49,12 +50,13 @@ class Probe:
     ``per_class`` is recorded in ``config.json`` only when set, so runs made before it existed keep their
     identity (and are not rerun)."""
 
-    split: str = "val"
-    max_points: int = 0
-    per_class: int = 0
-    seed: int | None = None  # None: the run's seed + 2 (resolved into config.json)
+    split: str = param("val", text())
+    max_points: int = param(0, integer(0))
+    per_class: int = param(0, integer(0))
+    seed: int | None = param(None, integer(0, optional=True))  # None: the run's seed + 2 (resolved into config.json)
 
     def __post_init__(self):
+        check_fields(self)
         if self.per_class and self.max_points:
             raise ValueError(f"probe of split {self.split!r}: give max_points (a random subset) or per_class (a "
                              f"class-balanced one), not both")
@@ -99,16 +101,15 @@ class Measure:
     kind: ClassVar[str] = ""
     needs: ClassVar[str] = "activations"
 
-    name: str = ""
-    probe: str = "val"
-    layers: list[str] | str = MODEL_LAYERS
-    every: int = 1  # run at every k-th evaluation (the first and the last always)
+    name: str = param("", text())
+    probe: str = param("val", text())
+    layers: list[str] | str = param(MODEL_LAYERS, Check((list, str)))  # module names, or "model": its own
+    every: int = param(1, integer(1))  # run at every k-th evaluation (the first and the last always)
 
     def __post_init__(self):
         self.name = self.name or self.kind
+        check_fields(self)
         schema.column(self.name)  # validates the name
-        if not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(f"measure {self.name!r}: every must be a positive integer, got {self.every!r}")
         if isinstance(self.layers, list):
             bad = [x for x in self.layers if not isinstance(x, str)]
             if bad:

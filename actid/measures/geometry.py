@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from actid import schema
+from actid.config import flag, integer, param, real
 from actid.measures.base import Evaluation, Measure, as_real_tensor, register
 from actid.nnls import NNLSInfo, batched_nnls
 
@@ -421,19 +422,12 @@ class ManifoldGeometryMeasure(Measure):
 
     kind = "manifold_geometry"
     needs = "activations"
-    every: int = 5
-    kappa: float = 0.0
-    n_t: int = 200
-    n_reps: int = 10
-    center_subspace: bool = True
-    seed: int | None = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not isinstance(self.n_t, int) or self.n_t < 1:
-            raise ValueError(f"measure {self.name!r}: n_t must be a positive integer, got {self.n_t!r}")
-        if not isinstance(self.n_reps, int) or self.n_reps < 1:
-            raise ValueError(f"measure {self.name!r}: n_reps must be a positive integer, got {self.n_reps!r}")
+    every: int = param(5, integer(1))
+    kappa: float = param(0.0, real(0))
+    n_t: int = param(200, integer(1))
+    n_reps: int = param(10, integer(1))
+    center_subspace: bool = param(True, flag())
+    seed: int | None = param(None, integer(0, optional=True))
 
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         acts, labels = ev.activations[self.probe], ev.probes[self.probe][1]

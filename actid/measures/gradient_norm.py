@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from actid import schema
+from actid.config import integer, param
 from actid.measures.base import Evaluation, Measure, register
 
 
@@ -45,7 +46,7 @@ class RelativeGradientNorm(Measure):
 
     kind = "relative_gradient_norm"
     needs = "model"
-    chunk_size: int = 1024
+    chunk_size: int = param(1024, integer(1))
 
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         x, y = ev.probes[self.probe]

@@ -21,6 +21,7 @@ import torch
 
 from actid import schema
 from actid.estimators import ESTIMATORS, TwoNN
+from actid.config import integer, mapping, param, text
 from actid.measures.base import Evaluation, Measure, register
 
 TWONN_PAPER = {"n_resamples": 20, "subsample_fraction": 0.9}
@@ -105,9 +106,10 @@ class IntrinsicDimension(Measure):
     kind = "id"
     needs = "activations"
 
-    estimator: str = "twonn"
-    options: dict | None = None  # the estimator's parameters; None: TWONN_PAPER for TwoNN, defaults otherwise
-    seed: int | None = None
+    estimator: str = param("twonn", text())
+    # the estimator's parameters; None: TWONN_PAPER for TwoNN, defaults otherwise
+    options: dict | None = param(None, mapping(optional=True))
+    seed: int | None = param(None, integer(0, optional=True))
 
     def __post_init__(self):
         super().__post_init__()

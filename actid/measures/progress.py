@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from actid import schema
+from actid.config import integer, param, real
 from actid.measures.base import Evaluation, LayerMeasure, Measure, as_real_tensor, register
 
 
@@ -186,7 +187,7 @@ class Sparsity(LayerMeasure):
     """Activation sparsity of each layer on the probe: ``sparsity/<layer>``."""
 
     kind = "sparsity"
-    threshold: float
+    threshold: float = param(check=real(0))
 
     def value(self, activations, labels) -> float:
         return activation_sparsity(activations, self.threshold)
@@ -199,7 +200,7 @@ class RelativeSparsity(LayerMeasure):
     |activation|): ``relative_sparsity/<layer>``."""
 
     kind = "relative_sparsity"
-    ratio: float
+    ratio: float = param(check=real(0))
 
     def value(self, activations, labels) -> float:
         return relative_activation_sparsity(activations, self.ratio)
@@ -237,9 +238,9 @@ class CircuitComplexity(Measure):
 
     kind = "circuit_complexity"
     needs = "model"
-    fraction: float = 0.1
-    n_masks: int = 1
-    seed: int | None = None
+    fraction: float = param(0.1, real(0, 1, low_open=True))
+    n_masks: int = param(1, integer(1))
+    seed: int | None = param(None, integer(0, optional=True))
 
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         x = ev.probes[self.probe][0]

@@ -9,13 +9,14 @@ touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from actid.pipeline.grid import InvalidSweep, experiment, resolve_grid, run_name
-from actid.runs import Run, RunLockedError
+from actid.runs import CheckpointRefused, LockRefused, Run
 from actid.train import resolve_device
 from actid.train_state import ResumeMismatchError, check_resume, runtime
 
@@ -29,7 +30,8 @@ class Planned:
     name: str
     config: dict
     run: Run
-    action: str  # "new", "skip" (finished), "resume", "restart" (config changed or --restart: set aside first)
+    action: str  # "new", "skip" (finished), "resume", "restart" (config changed or --restart: set aside first),
+    # "failed" (an earlier attempt failed: reported, not trained again until --restart)
     batched: bool = False  # trains as one model with the shard's other runs of its shape (actid.batched)
 
 
@@ -75,6 +77,14 @@ def plan(name: str, params: dict, out: Path, profile: str, overrides: dict | Non
     def ours(run: Run) -> bool:
         return run.is_actid_run() and run.meta().get("experiment") == name
 
+    def held(run: Run, what: str) -> str | None:
+        """Why ``run`` cannot be ``what`` now (another process writes it, or its lock is unusable), or None."""
+        try:
+            return (f"{run.path} is being written by another process (another sweep or dvc repro?); wait for it or "
+                    f"stop it before it is {what}") if run.is_locked() else None
+        except LockRefused as err:
+            return str(err)
+
     planned, problems = [], []
     for i, (point, config) in enumerate(zip(points, configs)):
         run, mine = Run(out / run_name(point)), i % shard[1] == shard[0]
@@ -84,46 +94,58 @@ def plan(name: str, params: dict, out: Path, profile: str, overrides: dict | Non
                 problems.append(f"{run.path} exists and is not a {name} run of actid; move it away or choose "
                                 "another --out (actid never writes into a folder it did not create)")
                 continue
-            action = "restart" if not run.same_identity(config) else "skip" if run.is_finished else "resume"
+            action = ("restart" if not run.same_identity(config) else "skip" if run.is_finished else
+                      ("restart" if restart else "failed") if run.failure else "resume")
         if action == "resume" and mine and run.name not in busy:
-            if run.is_locked():
-                problems.append(f"{run.path} is being written by another process (another sweep or dvc repro?); "
-                                "wait for it or stop it")
+            if problem := held(run, "resumed"):
+                problems.append(problem)
                 continue
             try:
                 device = auto_device if config["device"] == "auto" and auto_device else config["device"]
                 check_resume(run.name, run.runtime(), runtime(resolve_device(device), config["amp"], threads, batched))
-            except ResumeMismatchError as err:
+                run.load_checkpoint()  # a checkpoint that is not plain tensors and values is refused here, unloaded
+            except (ResumeMismatchError, CheckpointRefused) as err:
                 if not restart:
                     problems.append(str(err))
                     continue
                 action = "restart"
+        if action == "restart" and run.name not in busy and (problem := held(run, "set aside")):
+            problems.append(problem)
+            continue
         planned.append(Planned(run.name, config, run, action, batched))
+    names = {run_name(point) for point in points}  # the grid's runs, planned or not: never stale
+    others = sorted(d for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")) if out.exists() else []
+    stale = [Run(d) for d in others if d.name not in names and ours(Run(d))]
+    problems += [problem for run in stale if (problem := held(run, "set aside"))]
     if problems:
         raise SystemExit("nothing was changed:\n- " + "\n- ".join(problems))
-    names = {p.name for p in planned}
-    others = sorted(d for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")) if out.exists() else []
-    return planned, [Run(d) for d in others if d.name not in names and ours(Run(d))]
+    return planned, stale
 
 
 def tidy(planned: list[Planned], stale: list[Run], out: Path, profile: str) -> None:
-    """Set aside the runs that left the grid and those to restart (config changed, or --restart)."""
-    for run in stale:
-        set_aside(run, out, f"not in the {profile} grid")
-    for p in planned:
-        if p.action == "restart":
-            set_aside(p.run, out, "config changed" if not p.run.same_identity(p.config) else "restarted (--restart)")
+    """Set aside the runs that left the grid and those to restart (config changed, or --restart): all of them or,
+    when another process holds one of their locks by now, none (each move happens under the run's lock)."""
+    moves = [(run, f"not in the {profile} grid") for run in stale]
+    moves += [(p.run, "config changed" if not p.run.same_identity(p.config) else "restarted (--restart)")
+              for p in planned if p.action == "restart"]
+    with contextlib.ExitStack() as locks:
+        present = []
+        for run, why in moves:
+            if run.path.exists():  # another shard of this sweep may have moved it already
+                locks.enter_context(run.lock())
+                present.append((run, why))
+        for run, why in present:
+            set_aside(run, out, why)
 
 
 def set_aside(run: Run, out: Path, why: str) -> Path:
-    """Move a run to ``<out>/.stale/<name>-<time>`` (never delete it), and say so."""
-    if run.is_locked():
-        raise RunLockedError(f"cannot set {run.path} aside: another process is writing it")
-    target = out / STALE / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    n = 1
-    while target.exists():
-        target, n = target.with_name(f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(run.path, target)
+    """Move a run to ``<out>/.stale/<name>-<time>`` (never delete it) while holding its lock, and say so."""
+    with run.lock():
+        target = out / STALE / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while target.exists():
+            target, n = target.with_name(f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(run.path, target)
     print(f"{run.name}: {why}; moved it to {target}")
     return target

@@ -36,7 +36,7 @@ from actid.io import atomic_write_text
 from actid.pipeline.grid import InvalidSweep, resolve_grid, run_name, sweep_points
 from actid.pipeline.local import needs_finishing, prepare, train_one
 from actid.pipeline.plan import plan, tidy
-from actid.runs import Run, identity
+from actid.runs import Run, RunLockedError, RunTaken, identity
 from actid.train import TrainingInterrupted
 
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
@@ -128,6 +128,10 @@ class RunTask:
                 train_one(experiment, profile, run, config, interrupt=lambda: bool(received))
             except TrainingInterrupted as err:
                 stop(str(err))
+            except Exception as err:  # recorded in the run (a resubmission reports it, not trains it), then raised
+                if run.path.exists() and not isinstance(err, (RunLockedError, RunTaken)):
+                    run.record_failure(err)
+                raise
         return "trained"
 
     def checkpoint(self, *args, **kwargs):
@@ -362,7 +366,7 @@ def submit(experiment: str, params: dict, out: Path, profile: str, overrides: di
                 "are still active; wait for them or scancel them, then rerun")
         tidy(planned, stale, out, profile)
         prepare(experiment, params, profile, overrides)
-        todo = [p for p in planned if p.action != "skip" and p.name not in live]
+        todo = [p for p in planned if p.action not in ("skip", "failed") and p.name not in live]
         handles = []
         if todo:
             ex = executor(out, options, experiment, cluster)
