@@ -282,15 +282,26 @@ def test_a_sweep_killed_20_times_at_random_points_ends_with_the_rows_of_an_unint
     cmd = [sys.executable, "-m", "actid.sweep", "grokking", "--params", str(tmp_path / "p.yaml"),
            "--out", str(tmp_path / "killed"), "--threads", str(torch.get_num_threads())]
     rng, steps_seen = random.Random(0), []
+    run = Run(tmp_path / "killed" / "seed=0")
+
+    def rows() -> int:
+        try:
+            return len(run.read_metrics())
+        except (FileNotFoundError, ValueError):
+            return 0
+
     for _ in range(20):
+        start = rows()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 5.0))
+        deadline = time.monotonic() + 120
+        while rows() <= start and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until it trains again (a new row), however slow the machine is today
+        time.sleep(rng.uniform(0.0, 2.5))  # then a random point: a step, an evaluation, a checkpoint or row write
         assert proc.poll() is None, "the run finished before its 20 kills: make it longer"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        run = Run(tmp_path / "killed" / "seed=0")
-        steps_seen.append(len(run.read_metrics()) if run.metrics_path.exists() else 0)
-    assert steps_seen[-1] > steps_seen[0], steps_seen  # the kills landed while it trained, not only at start-up
+        steps_seen.append(rows())
+    assert steps_seen[-1] > steps_seen[0], steps_seen
     assert subprocess.run(cmd, capture_output=True, timeout=1800).returncode == 0
     run_sweep("grokking", p, tmp_path / "whole", "tiny")
     whole, killed = load_runs(tmp_path / "whole"), load_runs(tmp_path / "killed")

@@ -285,10 +285,16 @@ def test_no_wait_then_status_reports_the_states_the_waiting_command_reports(tmp_
     assert f"finished  manifold_points=4  (job {jobs['manifold_points=4']['job_id']}" in status
     assert f"failed  manifold_points=400  (job {jobs['manifold_points=400']['job_id']} FAILED" in status
     assert "geometry/tiny: 1 finished, 0 submitted, 0 pending, 0 running, 1 failed, 0 not submitted" in status
+    # the failed point raised (failed.json): the same command without --no-wait reports it and submits nothing
     waiting = sweep("geometry", "--params", params, "--launcher", "slurm", "--out", out, check=False)
-    # the same command without --no-wait resubmits the failed point, which fails again the same way
-    assert "1 run(s) submitted" in waiting.output and "FAILED: manifold_points=400" in waiting.output
-    assert "1 of 2 run(s) not finished (1 failed)" in waiting.output
+    assert waiting.returncode != 0 and "0 run(s) submitted" in waiting.output
+    assert "manifold_points=400: failed earlier" in waiting.output and "--restart" in waiting.output
+    assert slurm.read_jobs(out)["manifold_points=400"]["job_id"] == jobs["manifold_points=400"]["job_id"]
+    # --restart submits it again (the finished point stays finished), and it fails again the same way
+    again = sweep("geometry", "--params", params, "--launcher", "slurm", "--out", out, "--restart", check=False)
+    assert "1 run(s) submitted" in again.output and "1 finished earlier" in again.output
+    assert "FAILED: manifold_points=400" in again.output and "1 of 2 run(s) not finished (1 failed)" in again.output
+    assert "manifold_points=400 raised an error" in again.output
 
 
 @pytest.mark.slurm

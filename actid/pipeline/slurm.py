@@ -380,9 +380,15 @@ def submit(experiment: str, params: dict, out: Path, profile: str, overrides: di
                                 for p, h in zip(todo, handles)})
                 _write_jobs(out, earlier)
     names = [p.name for p in planned]
+    for p in planned:
+        if p.action == "failed":
+            record = p.run.failure or {}
+            print(f"{p.name}: failed earlier ({record.get('error')}: {str(record.get('message'))[:200]}); not "
+                  "submitted again: fix its config, or rerun with --restart to train it again from step 0")
     array = f" (array job {handles[0].job_id.split('_')[0]})" if handles else ""
     print(f"{experiment}/{profile}: {len(todo)} run(s) submitted{array}, {len(live)} still running from before, "
-          f"{sum(p.action == 'skip' for p in planned)} finished earlier; logs in {out / STATE_DIR / 'logs'}")
+          f"{sum(p.action == 'skip' for p in planned)} finished earlier, "
+          f"{sum(p.action == 'failed' for p in planned)} failed earlier; logs in {out / STATE_DIR / 'logs'}")
     handles = {h.job_id: h for h in handles}
     if not wait:
         print("check with the same command plus --status (e.g. python -m actid.sweep "
@@ -432,8 +438,15 @@ def report(out: Path, now: list[RunState], cluster: str = "slurm") -> None:
         print(f"\nFAILED: {s.name} (job {s.job_id}, {s.slurm_state}); full log: {path}\n{tail}")
     unfinished = [s for s in now if s.state != "finished"]
     if unfinished:
-        raise SystemExit(f"{len(unfinished)} of {len(now)} run(s) not finished ({len(failed)} failed); rerun the same "
-                         "command to resubmit them: they resume from their checkpoints")
+        raised = [s.name for s in failed if Run(out / s.name).failure]
+        lines = [f"{len(unfinished)} of {len(now)} run(s) not finished ({len(failed)} failed)"]
+        if len(unfinished) > len(raised):
+            lines.append("rerun the same command to resubmit the ones stopped from outside (killed, time limit, node "
+                         "lost): they resume from their checkpoints")
+        if raised:
+            lines.append(f"{', '.join(raised)} raised an error (its failed.json says why) and will not be submitted "
+                         "again: fix the config, or rerun with --restart to train it again from step 0")
+        raise SystemExit("; ".join(lines))
 
 
 def print_status(experiment: str, params: dict, out: Path, profile: str, overrides: dict,
