@@ -81,7 +81,8 @@ def test_the_local_executor_runs_each_unfinished_point_once_like_the_local_launc
 def test_a_failing_task_on_the_local_executor_is_reported_with_its_log(tmp_path, capsys):
     params = yaml.safe_load(write_params(tmp_path / "params.yaml", "geometry", GEOMETRY,
                                          {"manifold_points": [4, 400]}).read_text())
-    with pytest.raises(SystemExit, match="1 of 2 run.s. not finished .1 failed.; rerun the same command"):
+    with pytest.raises(SystemExit, match="1 of 2 run.s. not finished .1 failed.; manifold_points=400 raised an error "
+                                         ".*--restart"):
         slurm.submit("geometry", params, tmp_path / "runs", "tiny", {}, slurm.SlurmOptions(threads=1),
                      cluster="local", poll_s=0.5)
     printed = capsys.readouterr().out
@@ -199,7 +200,7 @@ def test_a_failing_task_is_reported_with_job_id_grid_point_and_log(tmp_path, clu
     assert "fewer than manifold_points" in done.output  # the last lines of its log
     log = done.output.split("full log: ", 1)[1].split("\n", 1)[0]
     assert Path(log).exists() and "Traceback" in Path(log).read_text()
-    assert "1 of 2 run(s) not finished (1 failed); rerun the same command" in done.output
+    assert "1 of 2 run(s) not finished (1 failed); manifold_points=400 raised an error" in done.output
     assert Run(tmp_path / "runs" / "manifold_points=4").is_finished
 
 
@@ -264,7 +265,9 @@ def requeued_and_resumed(out: Path, run: Run, command: list) -> None:
         subprocess.run(["scontrol", "update", f"JobId={job_id}", change], check=True)
     done = sweep(*command)
     assert "0 run(s) submitted" in done.output and "1 still running from before" in done.output
-    assert run.is_finished and "REQUEUED" in sacct(job_id) and "COMPLETED" in sacct(job_id)
+    # the run's files are final before its job ends; SLURM's accounting records the end a moment later
+    assert run.is_finished and wait_until(lambda: "COMPLETED" in sacct(job_id), 60, "the job's end in sacct")
+    assert "REQUEUED" in sacct(job_id)
     assert f"{run.name}: training (resuming from its checkpoint)" in log().split("Requeued job")[1]
 
 
