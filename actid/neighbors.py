@@ -10,6 +10,9 @@ n = 20,000) and is exact despite fp32/TF32 matmuls:
    before the search casts it to float32;
 3. per block of rows, find ``k + margin`` candidates with one matmul, with the
    block's own indices masked by index (self-distances after round-off are not 0).
+   On a CPU, a search of every row in a wide space (the full-rank case, where the matmul is
+   the cost) computes each tile of distances once for both its rows and its columns: half the
+   flops of the n x n x D product, so it runs below that "matmul floor" (benchmarks/bench_id.py).
    Wide data with many points may be searched in a rank-64 projection plus the residual
    norm, whose distances are lower bounds of the true ones (a quarter to a sixtieth of the
    flops). The projection is fitted to a fixed sample of rows and kept only if it certifies
@@ -140,6 +143,80 @@ def _candidates(Z: torch.Tensor, rows: torch.Tensor, kc: int, budget: int) -> tu
     return cand, kth
 
 
+def _merge(vals: torch.Tensor, cand: torch.Tensor, rows, new_vals: torch.Tensor, new_cand: torch.Tensor) -> None:
+    """Keep, for ``rows`` (a slice or indices) of the running lists, the kc smallest of theirs and the new ones."""
+    both = torch.cat([vals[rows], new_vals], dim=1)
+    top = torch.topk(both, vals.shape[1], dim=1, largest=False, sorted=False)
+    cand[rows] = torch.cat([cand[rows], new_cand], dim=1).gather(1, top.indices)
+    vals[rows] = top.values
+
+
+def _smallest_per_column(score: torch.Tensor, kc: int, bound: torch.Tensor, chunk: int = 32):
+    """For each column of ``score`` (b, w) that has an entry below its ``bound`` (w,): its kc smallest such entries
+    (inf-padded) and their rows. Returns (columns, values, rows). No transposed copy of the tile: the minima of
+    chunks of ``chunk`` rows are one pass along the rows; a column's kc smallest lie in its kc chunks with the
+    smallest minima (as in :func:`_smallest`), and only those chunks with a minimum below the bound are read."""
+    b, w = score.shape
+    if b % chunk or b < 4 * chunk:
+        top = torch.topk(score.T, min(kc, b), dim=1, largest=False, sorted=False)
+        return torch.arange(w, device=score.device), top.values, top.indices
+    minima = score.view(b // chunk, chunk, w).amin(dim=1).T.contiguous()  # (w, b / chunk)
+    best = torch.topk(minima, min(kc, b // chunk), dim=1, largest=False, sorted=False)
+    useful = best.values < bound[:, None]
+    cols = torch.nonzero(useful.any(dim=1)).flatten()
+    useful, chunks = useful[cols], best.indices[cols]
+    pair_col, pair_slot = torch.nonzero(useful, as_tuple=True)
+    rows = chunks[pair_col, pair_slot, None] * chunk + torch.arange(chunk, device=score.device)  # (pairs, chunk)
+    gathered = torch.full((len(cols), useful.shape[1], chunk), float("inf"), dtype=score.dtype, device=score.device)
+    gathered[pair_col, pair_slot] = score[rows, cols[pair_col, None]]
+    all_rows = torch.zeros(gathered.shape, dtype=torch.long, device=score.device)
+    all_rows[pair_col, pair_slot] = rows
+    top = torch.topk(gathered.flatten(1), min(kc, gathered[0].numel()), dim=1, largest=False, sorted=False)
+    return cols, top.values, all_rows.flatten(1).gather(1, top.indices)
+
+
+SYMMETRIC_ROWS = 1024
+"""Rows per tile of the symmetric search (a multiple of the 32-row chunks of :func:`_smallest_per_column`)."""
+SYMMETRIC_MIN_WIDTH = 256
+"""The symmetric search is used for a search space of at least this many features: there the matmul dominates and
+halving it pays; on narrower data (a projection) selecting candidates costs more than the matmul, and reading each
+tile twice (by row and by column) loses to the row-by-row search (benchmarks/bench_id.py)."""
+
+
+def _candidates_all(Z: torch.Tensor, kc: int, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_candidates` for every row of Z, computing each tile of squared distances once for both its row set
+    and its column set (distances are symmetric): half the matmul flops of a row-by-row search.
+
+    Tiles (I, J) with J at or after I's first row: each row of I takes its kc smallest in the tile, and each
+    column of J beyond I those of its entries below its kc-th best so far; running lists keep every point's kc best.
+    A point's kc best over all others are among the kc best of each tile it met, so the lists end exact."""
+    n = len(Z)
+    sq = (Z * Z).sum(dim=1, keepdim=True)
+    one = torch.ones_like(sq)
+    left, right_t = torch.cat([Z, sq, one], dim=1), torch.cat([-2 * Z, one, sq], dim=1).T
+    vals = torch.full((n, kc), float("inf"), dtype=Z.dtype, device=Z.device)
+    cand = torch.zeros(n, kc, dtype=torch.long, device=Z.device)
+    b = min(n, SYMMETRIC_ROWS)
+    w = max(b, budget // (4 * b))
+    tile = torch.empty(b * w, dtype=Z.dtype, device=Z.device)  # one buffer: no fresh pages per tile
+    for r0 in range(0, n, b):
+        r1 = min(n, r0 + b)
+        for c0 in range(r0, n, w):
+            c1 = min(n, c0 + w)
+            score = torch.mm(left[r0:r1], right_t[:, c0:c1], out=tile[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+            if c0 == r0:
+                diag = torch.arange(r1 - r0, device=Z.device)
+                score[diag, diag] = float("inf")
+            values, cols = _smallest(score, min(kc, c1 - c0))
+            _merge(vals, cand, slice(r0, r1), values, cols + c0)
+            beyond = max(r1, c0)  # columns of this tile whose own rows come later take candidates from it here
+            if beyond < c1:
+                later = slice(beyond, c1)
+                cols, values, rows = _smallest_per_column(score[:, beyond - c0:], kc, vals[later].amax(dim=1))
+                _merge(vals, cand, cols + beyond, values, rows + r0)
+    return cand, vals.amax(dim=1)
+
+
 def _rerank(X: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, k: int, budget: int):
     """Exact distances |x_i - x_j| to the candidates, sorted; keep the k nearest."""
     dist = torch.empty(len(rows), k, dtype=torch.float64, device=X.device)
@@ -249,7 +326,9 @@ def nearest_neighbors(
     def search(Z: torch.Tensor, query: torch.Tensor, tf32: bool):
         """Candidates of ``query`` rows in Z, re-ranked exactly in X, and the positions that failed certification."""
         with _tf32(tf32):
-            cand, bound = _candidates(Z, query, kc, budget)
+            # on a GPU the row blocks are large and fast, and a projection is cheap to search row by row
+            whole = len(query) == n and Z.device.type == "cpu" and Z.shape[1] >= SYMMETRIC_MIN_WIDTH
+            cand, bound = _candidates_all(Z, kc, budget) if whole else _candidates(Z, query, kc, budget)
         dist, idx = _rerank(X, query, cand, k, budget)
         # slack for the candidate matmul's round-off: TF32's unit round-off is 2^-11, fp32's 2^-24
         return dist, idx, _uncertified(dist, bound, Z, query, 5e-3 if tf32 else 1e-5)

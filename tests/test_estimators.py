@@ -5,7 +5,7 @@ import pytest
 import skdim
 import torch
 
-from actid import GRIDE, MLE, TwoNN, fit_estimators, intrinsic_dimension, nearest_neighbors
+from actid import GRIDE, MLE, TwoNN, fit_estimators, intrinsic_dimension, nearest_neighbors, neighbors
 from actid.estimators import subset_two_nn, twonn_linear_fit
 from tests.conftest import linear_subspace
 
@@ -247,3 +247,35 @@ def test_gpu_search_rules_stay_exact(monkeypatch, d, noise):
     gpu_rules = nearest_neighbors(X, k=16)
     assert gpu_rules.projected == (d == 10) and gpu_rules.n_researched > 0
     assert torch.allclose(exact.distances, gpu_rules.distances, rtol=1e-6)
+
+
+def _row_by_row(Z, kc, budget):
+    return neighbors._candidates(Z, torch.arange(len(Z)), kc, budget)
+
+
+@pytest.mark.parametrize("case", ["wide", "lattice ties", "narrow tiles"])
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_symmetric_search_equals_the_row_by_row_search_and_brute_force(monkeypatch, case, k):
+    """The search that computes each tile once for its rows and its columns (CPU, wide data) finds the same exact
+    neighbour distances as the row-by-row search and as float64 brute force: with a ragged last tile (n not a
+    multiple of its 1,024 rows), many exact ties, and tiles narrower than the data (a small block budget)."""
+    g = torch.Generator().manual_seed(k)
+    block_bytes = None
+    if case == "wide":
+        X = torch.randn(2500, 300, generator=g)
+    elif case == "lattice ties":
+        X = torch.randint(0, 3, (3000, 8), generator=g).float()
+        monkeypatch.setattr(neighbors, "SYMMETRIC_MIN_WIDTH", 1)
+    else:
+        X = linear_subspace(2300, 40, 300, noise=0.05, seed=k)
+        block_bytes = 2**16
+    ours = nearest_neighbors(X, k=k, block_bytes=block_bytes)
+    with monkeypatch.context() as m:
+        m.setattr(neighbors, "_candidates_all", _row_by_row)
+        rows = nearest_neighbors(X, k=k, block_bytes=block_bytes)
+    assert torch.equal(ours.distances, rows.distances)
+    if case != "lattice ties":  # the tiles' own candidates certify every row: no row needed the search again
+        assert ours.n_researched == 0
+    d = torch.cdist(ours.points.double(), ours.points.double()).fill_diagonal_(float("inf"))
+    truth = d.topk(k, dim=1, largest=False).values
+    assert torch.allclose(ours.distances, truth, rtol=1e-5, atol=1e-6)
