@@ -10,9 +10,10 @@ n = 20,000) and is exact despite fp32/TF32 matmuls:
    before the search casts it to float32;
 3. per block of rows, find ``k + margin`` candidates with one matmul, with the
    block's own indices masked by index (self-distances after round-off are not 0).
-   On a CPU, a search of every row in a wide space (the full-rank case, where the matmul is
-   the cost) computes each tile of distances once for both its rows and its columns: half the
-   flops of the n x n x D product, so it runs below that "matmul floor" (benchmarks/bench_id.py).
+   On a CPU, a search of every row (of at least 32 features) computes each tile of distances
+   once for both its rows and its columns: half the flops of the n x n x D product, so on
+   full-rank data it runs below that "matmul floor" (benchmarks/bench_id.py). Each point keeps
+   its kc best so far, and a tile is read only where it can beat them.
    Wide data with many points may be searched in a rank-64 projection plus the residual
    norm, whose distances are lower bounds of the true ones (a quarter to a sixtieth of the
    flops). The projection is fitted to a fixed sample of rows and kept only if it certifies
@@ -151,36 +152,89 @@ def _merge(vals: torch.Tensor, cand: torch.Tensor, rows, new_vals: torch.Tensor,
     vals[rows] = top.values
 
 
+def _group_by_column(cols: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, kc: int):
+    """Entries (col, value, row), each row of ``values``/``rows`` belonging to the column in ``cols``, gathered into
+    one inf-padded line per column and cut to its kc smallest. Returns (columns, values, rows)."""
+    order = torch.argsort(cols, stable=True)
+    cols, values, rows = cols[order], values[order], rows[order]
+    columns, counts = torch.unique_consecutive(cols, return_counts=True)
+    slot = torch.repeat_interleave(torch.arange(len(columns), device=cols.device), counts)
+    pos = torch.arange(len(cols), device=cols.device) - (torch.cumsum(counts, 0) - counts)[slot]
+    width = values.shape[1]
+    out_values = torch.full((len(columns), int(counts.max()), width), float("inf"), dtype=values.dtype,
+                            device=values.device)
+    out_rows = torch.zeros(out_values.shape, dtype=torch.long, device=values.device)
+    out_values[slot, pos], out_rows[slot, pos] = values, rows
+    out_values, out_rows = out_values.flatten(1), out_rows.flatten(1)
+    if out_values.shape[1] > kc:
+        top = torch.topk(out_values, kc, dim=1, largest=False, sorted=False)
+        out_values, out_rows = top.values, out_rows.gather(1, top.indices)
+    return columns, out_values, out_rows
+
+
 def _smallest_per_column(score: torch.Tensor, kc: int, bound: torch.Tensor, chunk: int = 32):
-    """For each column of ``score`` (b, w) that has an entry below its ``bound`` (w,): its kc smallest such entries
-    (inf-padded) and their rows. Returns (columns, values, rows). No transposed copy of the tile: the minima of
-    chunks of ``chunk`` rows are one pass along the rows; a column's kc smallest lie in its kc chunks with the
-    smallest minima (as in :func:`_smallest`), and only those chunks with a minimum below the bound are read."""
+    """For each column of ``score`` (b, w) with an entry below its ``bound`` (w,): its kc smallest such entries
+    (inf-padded where it has fewer) and their rows. Returns (columns, values, rows); no transposed copy of the tile.
+
+    The minima of chunks of ``chunk`` rows are one pass along the rows. Where every column has a finite bound (its
+    kc best so far), only chunks with a minimum below it can add to its list, and after the first tiles they are
+    few: only those are read. Otherwise (a column's first tile) a column's kc smallest lie in its kc chunks with
+    the smallest minima (as in :func:`_smallest`)."""
     b, w = score.shape
+    finite = bool(torch.isfinite(bound).all())
     if b % chunk or b < 4 * chunk:
+        if finite:
+            hit_rows, hit_cols = torch.nonzero(score < bound, as_tuple=True)
+            if not len(hit_cols):
+                return hit_cols, score.new_empty(0, kc), hit_rows.new_empty(0, kc)
+            return _group_by_column(hit_cols, score[hit_rows, hit_cols, None], hit_rows[:, None], kc)
         top = torch.topk(score.T, min(kc, b), dim=1, largest=False, sorted=False)
         return torch.arange(w, device=score.device), top.values, top.indices
-    minima = score.view(b // chunk, chunk, w).amin(dim=1).T.contiguous()  # (w, b / chunk)
-    best = torch.topk(minima, min(kc, b // chunk), dim=1, largest=False, sorted=False)
-    useful = best.values < bound[:, None]
-    cols = torch.nonzero(useful.any(dim=1)).flatten()
-    useful, chunks = useful[cols], best.indices[cols]
-    pair_col, pair_slot = torch.nonzero(useful, as_tuple=True)
-    rows = chunks[pair_col, pair_slot, None] * chunk + torch.arange(chunk, device=score.device)  # (pairs, chunk)
-    gathered = torch.full((len(cols), useful.shape[1], chunk), float("inf"), dtype=score.dtype, device=score.device)
-    gathered[pair_col, pair_slot] = score[rows, cols[pair_col, None]]
-    all_rows = torch.zeros(gathered.shape, dtype=torch.long, device=score.device)
-    all_rows[pair_col, pair_slot] = rows
-    top = torch.topk(gathered.flatten(1), min(kc, gathered[0].numel()), dim=1, largest=False, sorted=False)
-    return cols, top.values, all_rows.flatten(1).gather(1, top.indices)
+    chunks = score.view(b // chunk, chunk, w)
+    minima = chunks.amin(dim=1)  # (b / chunk, w)
+    offsets = torch.arange(chunk, device=score.device)
+    if finite:
+        pair_chunk, pair_col = torch.nonzero(minima < bound, as_tuple=True)
+        if not len(pair_col):
+            return pair_col, score.new_empty(0, kc), pair_col.new_empty(0, kc)
+        values = chunks[pair_chunk, :, pair_col]  # (pairs, chunk)
+        pair, offset = torch.nonzero(values < bound[pair_col, None], as_tuple=True)
+        return _group_by_column(pair_col[pair], values[pair, offset, None],
+                                (pair_chunk[pair] * chunk + offset)[:, None], kc)
+    best = torch.topk(minima.T, min(kc, b // chunk), dim=1, largest=False, sorted=False).indices
+    rows = (best[:, :, None] * chunk + offsets).flatten(1)  # (w, kc * chunk)
+    cols = torch.arange(w, device=score.device)
+    top = torch.topk(score[rows, cols[:, None]], min(kc, rows.shape[1]), dim=1, largest=False, sorted=False)
+    return cols, top.values, rows.gather(1, top.indices)
+
+
+def _smallest_per_row(score: torch.Tensor, kc: int, bound: torch.Tensor, chunk: int = 32):
+    """For each row of ``score`` (b, w) with an entry below its finite ``bound`` (b,): its kc smallest such entries
+    (inf-padded) and their columns. Returns (rows, values, columns). As :func:`_smallest_per_column`: where the
+    chunks with a minimum below the bound are few (rows whose earlier tiles found good candidates), only those are
+    read; otherwise :func:`_smallest` over the whole row."""
+    b, w = score.shape
+    if w % chunk == 0 and w >= 4 * kc * chunk and bool(torch.isfinite(bound).all()):
+        chunks = score.view(b, w // chunk, chunk)
+        below = chunks.amin(dim=2) < bound[:, None]
+        if int(below.sum()) <= kc * b:
+            pair_row, pair_chunk = torch.nonzero(below, as_tuple=True)
+            if not len(pair_row):
+                return pair_row, score.new_empty(0, kc), pair_row.new_empty(0, kc)
+            values = chunks[pair_row, pair_chunk]  # (pairs, chunk)
+            pair, offset = torch.nonzero(values < bound[pair_row, None], as_tuple=True)
+            return _group_by_column(pair_row[pair], values[pair, offset, None],
+                                    (pair_chunk[pair] * chunk + offset)[:, None], kc)
+    values, cols = _smallest(score, min(kc, w))
+    return torch.arange(b, device=score.device), values, cols
 
 
 SYMMETRIC_ROWS = 1024
 """Rows per tile of the symmetric search (a multiple of the 32-row chunks of :func:`_smallest_per_column`)."""
-SYMMETRIC_MIN_WIDTH = 256
-"""The symmetric search is used for a search space of at least this many features: there the matmul dominates and
-halving it pays; on narrower data (a projection) selecting candidates costs more than the matmul, and reading each
-tile twice (by row and by column) loses to the row-by-row search (benchmarks/bench_id.py)."""
+SYMMETRIC_MIN_WIDTH = 32
+"""The symmetric search is used for a search space of at least this many features (the rank-64 projection
+included): below it, selecting candidates costs more than the matmul it halves, and the row-by-row search is
+faster (measured with benchmarks/bench_id.py and random data of 8 to 257 features, n = 20,000)."""
 
 
 def _candidates_all(Z: torch.Tensor, kc: int, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,8 +261,8 @@ def _candidates_all(Z: torch.Tensor, kc: int, budget: int) -> tuple[torch.Tensor
             if c0 == r0:
                 diag = torch.arange(r1 - r0, device=Z.device)
                 score[diag, diag] = float("inf")
-            values, cols = _smallest(score, min(kc, c1 - c0))
-            _merge(vals, cand, slice(r0, r1), values, cols + c0)
+            mine, values, cols = _smallest_per_row(score, kc, vals[r0:r1].amax(dim=1))
+            _merge(vals, cand, mine + r0, values, cols + c0)
             beyond = max(r1, c0)  # columns of this tile whose own rows come later take candidates from it here
             if beyond < c1:
                 later = slice(beyond, c1)

@@ -253,7 +253,7 @@ def _row_by_row(Z, kc, budget):
     return neighbors._candidates(Z, torch.arange(len(Z)), kc, budget)
 
 
-@pytest.mark.parametrize("case", ["wide", "lattice ties", "narrow tiles"])
+@pytest.mark.parametrize("case", ["wide", "lattice ties", "narrow tiles", "many tiles"])
 @pytest.mark.parametrize("k", [1, 5, 20])
 def test_symmetric_search_equals_the_row_by_row_search_and_brute_force(monkeypatch, case, k):
     """The search that computes each tile once for its rows and its columns (CPU, wide data) finds the same exact
@@ -266,10 +266,16 @@ def test_symmetric_search_equals_the_row_by_row_search_and_brute_force(monkeypat
     elif case == "lattice ties":
         X = torch.randint(0, 3, (3000, 8), generator=g).float()
         monkeypatch.setattr(neighbors, "SYMMETRIC_MIN_WIDTH", 1)
-    else:
+    elif case == "narrow tiles":
         X = linear_subspace(2300, 40, 300, noise=0.05, seed=k)
         block_bytes = 2**16
+    else:  # tiles whose rows and columns already have candidates: only the entries below them are read
+        X = torch.randn(4096, 40, generator=g)
+    grouped = []
+    group = neighbors._group_by_column
+    monkeypatch.setattr(neighbors, "_group_by_column", lambda *a: grouped.append(1) or group(*a))
     ours = nearest_neighbors(X, k=k, block_bytes=block_bytes)
+    assert grouped or case != "many tiles"  # the below-the-bound paths ran
     with monkeypatch.context() as m:
         m.setattr(neighbors, "_candidates_all", _row_by_row)
         rows = nearest_neighbors(X, k=k, block_bytes=block_bytes)
