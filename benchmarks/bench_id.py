@@ -38,14 +38,13 @@ actid on a GPU (the floor too; scikit-dimension stays on the CPU); ``--torchid``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import sys
 import time
 
 import torch
 
 import actid.estimators as estimators
+from baseline import load_module  # benchmarks/baseline.py (the script's folder is on sys.path)
 from actid import TwoNN
 
 
@@ -79,14 +78,6 @@ def mlp(n: int, D: int, seed: int = 0) -> torch.Tensor:
 
 
 DATA = {"lowrank": lowrank, "relu": relu, "mlp": mlp}
-
-
-def load_module(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def median_seconds(fn, repeats: int, device: torch.device = torch.device("cpu")) -> tuple[float, object]:

@@ -28,10 +28,8 @@ CPU-sized defaults run in a few minutes; the issue's sizes on a GPU::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -49,6 +47,7 @@ from actid.measures import build_measures, build_probes
 from actid.models.resnet import ResNet18
 from actid.task import Task, in_layout
 from actid.train import TrainConfig, train
+from baseline import load_module  # benchmarks/baseline.py (the script's folder is on sys.path)
 
 
 def sync(device: torch.device) -> None:
@@ -140,14 +139,6 @@ def epoch_seconds_bare(args, device: torch.device, compile_mode: str | None) -> 
     compile_s = timed(lambda: steps(3), device)  # the first calls compile (and warm up eager kernels)
     times = [timed(lambda: steps(n), device) / n * steps_per_epoch for _ in range(args.repeats)]
     return statistics.median(times), compile_s
-
-
-def load_module(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def evaluation_rows(args, device: torch.device) -> list[tuple[str, float, str]]:
