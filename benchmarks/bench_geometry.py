@@ -11,6 +11,11 @@ once, with and without the center-subspace removal), then compute every manifold
 It checks the two agree (per-manifold capacity, radius, dimension to 1e-6 relative) and prints medians of
 ``--repeats`` runs of actid (the peer, ~35 s per run, runs ``--peer-repeats`` times).
 
+A second case has strongly correlated centres (each manifold shifted along 3 shared random directions), where the
+center-subspace removal must find K = 3. Its K and mean capacity must equal :data:`CORRELATED_REFERENCE`, the values
+of the code as of 2026-12-07 (385359f), so that a faster subspace search (fewer restarts, an earlier exit) that
+changes the answer fails here instead of passing unnoticed.
+
     python benchmarks/bench_geometry.py [--device cuda] [--repeats 5] [--peer-repeats 1]
 """
 
@@ -52,6 +57,19 @@ def reference_manifold(S: np.ndarray, T: np.ndarray, kappa: float) -> tuple[floa
     return capacity, radius, D * np.mean((t_hat * s_hat).sum(1)) ** 2
 
 
+CORRELATED_REFERENCE = {"K": 3, "capacity": 0.0397414908194551}
+"""K and 1 / mean(1 / capacity) of the correlated case, from ``manifold_capacity`` at 385359f (2026-12-07)."""
+
+
+def correlated_manifolds(P: int, M: int, N: int) -> torch.Tensor:
+    """Gaussian manifolds whose centres share 3 random directions (weights ~ N(0, 0.1^2) per manifold)."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(P, M, N, generator=g, dtype=torch.float64)
+    common = torch.randn(3, N, generator=g, dtype=torch.float64)
+    weights = torch.randn(P, 3, generator=g, dtype=torch.float64)
+    return X + (0.1 * weights @ common)[:, None, :]
+
+
 def seconds(fn, repeats: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeats):
@@ -74,8 +92,10 @@ def main() -> None:
     print(f"P = {P} manifolds x M = {M} points, N = {N}, n_t = {n_t}, kappa = {kappa}; {torch.get_num_threads()} "
           f"threads, device {args.device}; medians of {args.repeats} (actid) and {args.peer_repeats} (peer) runs\n")
     rows = []
-    for removal in (True, False):
-        prep_s, prepared = seconds(lambda: prepare_manifolds(X, n_t, 0, center_subspace=removal), args.repeats)
+    cases = [("independent", X, True), ("independent", X, False),
+             ("correlated", correlated_manifolds(P, M, N).to(args.device), True)]
+    for case, data, removal in cases:
+        prep_s, prepared = seconds(lambda: prepare_manifolds(data, n_t, 0, center_subspace=removal), args.repeats)
         (idx, S, T), = prepared.groups
 
         def ours():
@@ -88,20 +108,26 @@ def main() -> None:
         ours_np = torch.stack([cap, rad, dim], 1).cpu().numpy()
         worst = float(np.max(np.abs(ours_np / peer - 1)))
         assert worst < 1e-6, f"actid and the cvxopt loop disagree: {worst:.2e} relative"
-        rows.append((removal, prep_s, ours_s, peer_s, worst, info, prepared.K,
+        rows.append((case, removal, prep_s, ours_s, peer_s, worst, info, prepared.K,
                      float(1 / np.mean(1 / ours_np[:, 0])), float(ours_np[:, 1].mean()), float(ours_np[:, 2].mean())))
-    print("| center-subspace removal | preparation (shared) | anchors + averages: actid | cvxopt loop | "
+    print("| centres | center-subspace removal | preparation (shared) | anchors + averages: actid | cvxopt loop | "
           "layer: actid | layer: cvxopt loop | ratio (layer) | ratio (anchors) | largest relative difference |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for removal, prep_s, ours_s, peer_s, worst, *_ in rows:
-        print(f"| {'yes' if removal else 'no'} | {prep_s:.3f} s | {ours_s:.3f} s | {peer_s:.1f} s | "
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for case, removal, prep_s, ours_s, peer_s, worst, *_ in rows:
+        print(f"| {case} | {'yes' if removal else 'no'} | {prep_s:.3f} s | {ours_s:.3f} s | {peer_s:.1f} s | "
               f"{prep_s + ours_s:.3f} s | {prep_s + peer_s:.1f} s | {(prep_s + peer_s) / (prep_s + ours_s):.0f}x | "
               f"{peer_s / ours_s:.0f}x | {worst:.1e} |")
-    for removal, *_, info, K, capacity, radius, dimension in rows:
-        print(f"\nremoval {'yes' if removal else 'no'}: K = {K}, capacity {capacity:.4f}, radius {radius:.3f}, "
+    for case, removal, *_, info, K, capacity, radius, dimension in rows:
+        print(f"\n{case}, removal {'yes' if removal else 'no'}: K = {K}, capacity {capacity:.4f}, radius {radius:.3f}, "
               f"dimension {dimension:.2f} (reference README: 0.04, 1.48, 36.17); solver: {info.outer_iterations} "
               f"active-set iterations, {info.cg_steps} CG steps, {info.lawson_hanson} by Lawson-Hanson, "
               f"KKT residual {info.kkt_residual:.1e}")
+    K, capacity = next((r[-4], r[-3]) for r in rows if r[0] == "correlated")
+    ref = CORRELATED_REFERENCE
+    assert K == ref["K"] and abs(capacity / ref["capacity"] - 1) < 1e-6, (
+        f"correlated centres: K = {K}, capacity {capacity!r}; the code of 385359f gave K = {ref['K']}, capacity "
+        f"{ref['capacity']!r}: the center-subspace search no longer finds the same subspace")
+    print(f"\ncorrelated centres: K = {K} and capacity {capacity:.10f} equal the reference of 385359f")
 
 
 if __name__ == "__main__":
