@@ -380,7 +380,8 @@ def nearest_neighbors(
     def search(Z: torch.Tensor, query: torch.Tensor, tf32: bool):
         """Candidates of ``query`` rows in Z, re-ranked exactly in X, and the positions that failed certification."""
         with _tf32(tf32):
-            # on a GPU the row blocks are large and fast, and a projection is cheap to search row by row
+            # every row on a CPU: the symmetric search; a subset of rows (a pilot, a search again) or a GPU, whose
+            # row blocks are large and fast: row by row
             whole = len(query) == n and Z.device.type == "cpu" and Z.shape[1] >= SYMMETRIC_MIN_WIDTH
             cand, bound = _candidates_all(Z, kc, budget) if whole else _candidates(Z, query, kc, budget)
         dist, idx = _rerank(X, query, cand, k, budget)

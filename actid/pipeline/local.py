@@ -76,6 +76,14 @@ def environmental(error: Exception) -> bool:
                                                                                             errno.EDQUOT))
 
 
+def failed_earlier(run: Run, verb: str) -> str:
+    """The line that reports a run an earlier attempt recorded as failed (``failed.json``), which is not ``verb``
+    (trained, submitted) again until ``--restart``."""
+    record = run.failure or {}
+    return (f"{run.name}: failed earlier ({record.get('error')}: {str(record.get('message'))[:200]}); not {verb} "
+            "again: fix its config, or rerun with --restart to train it again from step 0")
+
+
 class Outcomes:
     """What happened to a shard's runs that did not train to the end: skipped (another process holds them) or
     failed (the error is recorded in the run's ``failed.json``); reported together when the shard is done."""
@@ -95,10 +103,8 @@ class Outcomes:
               f"(details in {run.failed_path}; the shard goes on)", flush=True)
 
     def earlier(self, run: Run) -> None:
-        record = run.failure or {}
         self.failed.append(run.name)
-        print(f"{run.name}: failed earlier ({record.get('error')}: {str(record.get('message'))[:200]}); not trained "
-              "again: fix its config, or rerun with --restart to train it again from step 0", flush=True)
+        print(failed_earlier(run, "trained"), flush=True)
 
     def raise_if_any(self) -> None:
         lines = []

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from actid.io import atomic_write_text
 from actid.pipeline.grid import InvalidSweep, resolve_grid, run_name, sweep_points
-from actid.pipeline.local import needs_finishing, prepare, train_one
+from actid.pipeline.local import failed_earlier, needs_finishing, prepare, train_one
 from actid.pipeline.plan import plan, tidy
 from actid.runs import Run, RunLockedError, RunTaken, identity
 from actid.train import TrainingInterrupted
@@ -382,9 +382,7 @@ def submit(experiment: str, params: dict, out: Path, profile: str, overrides: di
     names = [p.name for p in planned]
     for p in planned:
         if p.action == "failed":
-            record = p.run.failure or {}
-            print(f"{p.name}: failed earlier ({record.get('error')}: {str(record.get('message'))[:200]}); not "
-                  "submitted again: fix its config, or rerun with --restart to train it again from step 0")
+            print(failed_earlier(p.run, "submitted"))
     array = f" (array job {handles[0].job_id.split('_')[0]})" if handles else ""
     print(f"{experiment}/{profile}: {len(todo)} run(s) submitted{array}, {len(live)} still running from before, "
           f"{sum(p.action == 'skip' for p in planned)} finished earlier, "
