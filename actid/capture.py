@@ -88,7 +88,7 @@ def examples_first(out: torch.Tensor, layer: str, batch: int | None, batch_dim: 
 
 @contextmanager
 def recording(model: nn.Module, layers: Iterable[str], *, store: str | torch.device = "cpu",
-              dtype: torch.dtype | None = None, batch_dim: int | None = None):
+              dtype: torch.dtype | None = None, batch_dim: int | None = None, flatten: bool = True):
     """Within the block, every forward pass of ``model`` appends each layer's flattened output to
     ``chunks[layer]`` (yielded); :func:`capture_activations` is the usual entry point. Lets a caller
     record activations during a forward pass it needs anyway (e.g. to compute the accuracy).
@@ -102,7 +102,8 @@ def recording(model: nn.Module, layers: Iterable[str], *, store: str | torch.dev
     first tensor input) is moved first, then the rest is flattened. ``batch_dim`` names that dimension; None finds
     it: dimension 0 when it has the batch's size, else the one other dimension that has (a sequence-first module such
     as ``nn.MultiheadAttention`` or ``nn.LSTM`` by default). An output with no such dimension, or several besides the
-    first, is refused naming the layer: its rows would mix examples."""
+    first, is refused naming the layer: its rows would mix examples. ``flatten=False`` keeps the other dimensions
+    (e.g. ``(batch, seq, hidden)`` for a token-pooling protocol, :mod:`actid.integrations.hf`)."""
     layers = list(layers)
     modules = check_layer_names(model, layers)
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
@@ -126,7 +127,8 @@ def recording(model: nn.Module, layers: Iterable[str], *, store: str | torch.dev
                     "or wrap each call in its own module (an nn.Identity after it)")
             out = output[0] if isinstance(output, (tuple, list)) else output
             out = examples_first(out, name, batch["size"], batch_dim)
-            chunks[name].append(out.detach().flatten(1).to(device=store, dtype=dtype or out.dtype))
+            out = out.detach().flatten(1) if flatten else out.detach()
+            chunks[name].append(out.to(device=store, dtype=dtype or out.dtype))
         return hook
 
     handles = [model.register_forward_pre_hook(new_forward)]

@@ -109,8 +109,11 @@ def _is_prefix(head: pd.DataFrame, rows: pd.DataFrame) -> bool:
 class Run:
     """One run directory: its files, identity, rows, checkpoint, snapshots, completion and lock."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, live: tuple[str, ...] | None = None):
+        """``live``: sinks that mirror the rows as they are written (:mod:`actid.integrations.live`); None reads
+        ``ACTID_LIVE`` at the first write."""
         self.path = Path(path)
+        self.live, self._mirror = live, None
         self.config_path = self.path / "config.json"
         self.metrics_path = self.path / "metrics.csv"
         self.checkpoint_path = self.path / "checkpoint.pt"
@@ -217,6 +220,20 @@ class Run:
     def write_rows(self, rows: list[dict]) -> None:
         """Replace ``metrics.csv`` by ``rows`` (atomically: readers never see a partial row)."""
         files.atomic_write(self.metrics_path, lambda f: pd.DataFrame(rows).to_csv(f, index=False))
+        self._mirror_rows(rows)
+
+    def _mirror_rows(self, rows: list[dict]) -> None:
+        """Stream the rows to the live sinks, if any (a view of metrics.csv, rebuilt from it)."""
+        if self._mirror is None:
+            from actid.integrations.live import sinks_from_env  # imports no extra
+            sinks = sinks_from_env() if self.live is None else tuple(self.live)
+            if not sinks:
+                self._mirror = False
+                return
+            from actid.integrations.live import LiveMirror
+            self._mirror = LiveMirror(self.path, sinks)
+        if self._mirror:
+            self._mirror.sync(rows)
 
     def append_row(self, row: dict) -> None:
         """Add one row (for loops that keep no checkpoint, e.g. :class:`actid.Tracker`)."""

@@ -42,6 +42,7 @@ import yaml
 
 from actid._moved import moved
 from actid.experiments import REGISTRY
+from actid.integrations import live
 from actid.pipeline import grid, local, slurm
 from actid.pipeline import plan as planning
 from actid.pipeline.shard_progress import ShardReporter
@@ -92,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-runs", choices=["auto", "on", "off"], default="auto",
                         help="train each shard's runs of one shape as one model (actid.batched); auto: on where the "
                              "runs train on a GPU and the experiment can (grokking)")
+    parser.add_argument("--live", metavar="SINKS",
+                        help="mirror each run's rows, as they are written, into <run>/dvclive and/or <run>/tensorboard "
+                             "(dvclive,tensorboard; the same as ACTID_LIVE=...; needs actid[live])")
     parser.add_argument("--launcher", choices=["local", "slurm"],
                         help="where runs train (default: params.yaml launcher.name, else local)")
     slurm = parser.add_argument_group("slurm launcher (defaults: params.yaml launcher.slurm, see actid/slurm.py)")
@@ -113,6 +117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--shard takes i/n with 0 <= i < n (grid points i, i+n, ...), got {args.shard!r}; "
                      "e.g. 0/2 and 1/2")
     args.shard_index, args.shard_count = int(match[1]), int(match[2])
+    if args.live is not None:
+        try:
+            args.live = live.parse_sinks(args.live)
+            live.check_installed(args.live)
+        except (ValueError, ImportError) as err:
+            parser.error(f"--live: {err}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.jobs > 1 and args.shard != "0/1":
@@ -122,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.live is not None:  # the shards, SLURM jobs and runs read it (actid.runs.Run)
+        os.environ[live.ENV] = ",".join(args.live)
     params = yaml.safe_load(args.params.read_text())
     profile = args.profile or params["profile"]
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}

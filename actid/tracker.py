@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from actid import schema
 from actid.capture import check_layer_names
 from actid.evaluation import evaluate, probe_sets
+from actid.integrations.live import parse_sinks
 from actid.measures import Measure, build_measures, build_probes, resolve_measures, resolve_probes
 from actid.runs import Run
 from actid.task import Task
@@ -41,12 +42,15 @@ class Tracker:
         run_dir: the run directory; ``config.json`` records every measure parameter, the layers,
             the probe sizes and ``config`` (anything else you want recorded, e.g. your hyperparameters).
         loss_fn: ``loss_fn(logits, labels, reduction=...)`` for the loss columns and gradient measures.
+        live: mirror the rows into ``<run_dir>/dvclive`` and/or ``<run_dir>/tensorboard`` as they are written
+            (``"dvclive,tensorboard"``, see :mod:`actid.integrations.live`); None follows ``ACTID_LIVE``.
+        source: what wrote the run, recorded in ``config.json`` (``experiment``).
     """
 
     def __init__(self, model: nn.Module, probe, *, layers: list[str], run_dir: str | Path,
                  measures: list[Measure] | dict | None = None, llid_layer: str | None = None,
                  loss_fn: Callable = F.cross_entropy, config: dict | None = None, batch_size: int = 1024,
-                 seed: int = 0):
+                 seed: int = 0, live: str | tuple[str, ...] | None = None, source: str = "tracker"):
         check_layer_names(model, layers)
         probes = probe if isinstance(probe, dict) else {"val": probe}
         device = next(model.parameters()).device
@@ -62,12 +66,12 @@ class Tracker:
                          id_layers=list(layers), llid_layer=llid_layer or layers[-1], loss_fn=loss_fn)
         self.measures = build_measures(self.measures_spec, seed)
         self.probes = probe_sets(self.task, build_probes(self.probes_spec, seed))
-        self.run = Run(run_dir)
+        self.run = Run(run_dir, live=None if live is None else parse_sinks(live))
         recorded = {"layers": list(layers), "llid_layer": self.task.llid_layer, "measures": self.measures_spec,
                     "probes": self.probes_spec, "probe_sizes": {n: len(x) for n, (x, _) in eval_sets.items()},
                     "seed": seed, **(config or {})}
         with self.run.lock():
-            self.run.write_config(recorded, {"experiment": "tracker", "profile": None})
+            self.run.write_config(recorded, {"experiment": source, "profile": None})
         self.calls = 0
 
     def measure(self, step: int) -> dict[str, float]:

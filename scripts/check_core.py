@@ -1,14 +1,15 @@
 """The core install alone (`pip install .`, no extras): import actid, fit the estimators, track a model.
 
 CI runs it in a fresh venv holding torch and the core only, so a module of the core that needs an extra (DVC,
-papermill, JupyterLab, seaborn, mlxtend, submitit, torchvision) fails here instead of on a user's machine."""
+papermill, JupyterLab, seaborn, mlxtend, submitit, torchvision, the integrations' packages) fails here instead of on
+a user's machine; an integration without its extra must name the extra to install."""
 
 import importlib.util
 import sys
 import tempfile
 
 EXTRAS = ["dvc", "papermill", "jupytext", "jupyterlab", "matplotlib", "seaborn", "mlxtend", "submitit", "torchvision",
-          "skdim"]
+          "skdim", "lightning", "torchmetrics", "transformers", "dvclive", "tensorboard"]
 
 present = [name for name in EXTRAS if importlib.util.find_spec(name) is not None]
 if present:
@@ -34,6 +35,23 @@ with tempfile.TemporaryDirectory() as tmp:
     tracker.measure(0)
     rows = load_runs(f"{tmp}/mine")
 assert {"id/1", "llid", "participation_ratio/1", "val_acc"} <= set(rows.columns)
+# an integration without its extra: an ImportError that names the extra to install
+for module, extra in [("actid.integrations.metric", "lightning"), ("actid.integrations.lightning", "lightning")]:
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        assert f"actid[{extra}]" in str(err), err
+    else:
+        raise AssertionError(f"{module} imported without its extra")
+from actid.integrations.live import LiveMirror  # noqa: E402 (imports no extra until a mirror is made)
+
+try:
+    LiveMirror(tempfile.gettempdir(), ("dvclive",))
+except ImportError as err:
+    assert "actid[live]" in str(err), err
+else:
+    raise AssertionError("LiveMirror worked without dvclive")
+
 print(f"core install: actid {actid.__version__} on Python {sys.version.split()[0]}, torch {torch.__version__}: "
       f"TwoNN {twonn.dimension_:.3f}, MLE {mle.dimension_:.3f}, GRIDE {gride.dimension_:.3f} (true 6); "
       f"Tracker row with LLID {rows['llid'].iloc[0]:.2f}; none of {EXTRAS} installed")

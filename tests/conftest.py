@@ -1,4 +1,4 @@
-"""Shared fixtures: data of known intrinsic dimension."""
+"""Shared fixtures: data of known intrinsic dimension, notebooks run as the stages run them, headless Chromium."""
 
 import numpy as np
 import pytest
@@ -48,3 +48,47 @@ def run_notebook():
         return subprocess.run([sys.executable, "-c", code, name, str(executed), json.dumps(values)],
                               capture_output=True)
     return run
+
+
+def _skip_or_fail_browser(reason: str):
+    import os
+    if os.environ.get("ACTID_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (ACTID_REQUIRE_BROWSER=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser_tools():
+    """(chromium, chromedriver) paths for the ``browser`` tests, or skip (fail under ACTID_REQUIRE_BROWSER=1) naming
+    the Debian packages to install."""
+    import shutil
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _skip_or_fail_browser('selenium is not installed: pip install -e ".[dev]"')
+    chromium = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
+    chromedriver = shutil.which("chromedriver")
+    if not chromium or not chromedriver:
+        missing = " and ".join(name for name, path in [("chromium", chromium), ("chromedriver", chromedriver)]
+                               if not path)
+        _skip_or_fail_browser(f"{missing} not found: install the Debian packages `chromium` and `chromium-driver` "
+                              "(apt-get install chromium chromium-driver)")
+    return chromium, chromedriver
+
+
+@pytest.fixture
+def chromium(browser_tools, tmp_path):
+    """A selenium driver of headless Chromium (1400 x 900), quit after the test."""
+    from selenium import webdriver
+    path, chromedriver = browser_tools
+    options = webdriver.ChromeOptions()
+    options.binary_location = path
+    for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,900",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--no-first-run", "--disable-extensions"]:
+        options.add_argument(arg)
+    service = webdriver.ChromeService(executable_path=chromedriver, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()

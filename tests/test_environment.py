@@ -16,7 +16,8 @@ def _name(requirement: str) -> str:
 def test_environment_yml_mirrors_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = {_name(r) for r in project["dependencies"] + extras["paper"] + extras["cluster"] + extras["dev"]}
+    wanted = {_name(r) for r in project["dependencies"]
+              + [r for name in ("paper", "cluster", "dev", "lightning", "hf", "live") for r in extras[name]]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {_name(r) for r in pip_section if not r.startswith("-")}

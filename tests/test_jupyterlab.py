@@ -13,7 +13,6 @@ import os
 import platform
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,34 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "grokking.py"
 SCREENSHOT = ROOT / "build" / "test-artifacts" / "jupyterlab.png"
 SETTINGS_API = "lab/api/settings/@jupyterlab/docmanager-extension:plugin"
-APT_HINT = "apt-get install chromium chromium-driver"
 SERVER_START_TIMEOUT = 90  # s; the first start after an install can be slow on 2 cores
 UI_TIMEOUT = 60  # s for each wait in the browser
 
 pytestmark = pytest.mark.browser
-
-
-def _skip_or_fail(reason: str):
-    if os.environ.get("ACTID_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason} (ACTID_REQUIRE_BROWSER=1)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser_tools():
-    """(chromium, chromedriver) paths, or skip (fail under ACTID_REQUIRE_BROWSER=1) naming the apt packages."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        _skip_or_fail('selenium is not installed: pip install -e ".[dev]"')
-    chromium = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
-    chromedriver = shutil.which("chromedriver")
-    if not chromium or not chromedriver:
-        missing = " and ".join(name for name, path in [("chromium", chromium), ("chromedriver", chromedriver)]
-                               if not path)
-        _skip_or_fail(f"{missing} not found: install the Debian packages `chromium` and `chromium-driver` "
-                      f"({APT_HINT})")
-    return chromium, chromedriver
 
 
 def _free_port() -> int:
