@@ -230,13 +230,23 @@ def test_repeated_points_are_dropped_without_changing_the_anchor():
         np.testing.assert_allclose(anchor[0, 0].numpy(), cvxopt_anchor(S, t, kappa)[0], atol=1e-6)
 
 
-def test_residual_cost_gradient_equals_autograd():
+def test_residual_cost_and_gradient_equal_autograd_of_the_direct_formula():
+    """The search's cost avoids the (R, P, P) residual Gram; here it is formed: F = 1/2 sum E^2 / (e e^T), E the Gram
+    of the residual centers X - X V V^T and e its diagonal, differentiated by autograd."""
     X = torch.randn(12, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for K in (1, 3):
         V = torch.linalg.qr(torch.randn(2, 11, K, dtype=torch.float64)).Q.requires_grad_()
-        cost, grad = _residual_cost(X, X @ X.T, V)
-        auto, = torch.autograd.grad(cost.sum(), V)
-        torch.testing.assert_close(grad, auto)
+        residual = X - (X @ V) @ V.mT
+        E = residual @ residual.mT
+        e = torch.diagonal(E, dim1=1, dim2=2)
+        direct = (E.square() / (e.unsqueeze(-1) * e.unsqueeze(-2))).sum((1, 2)) / 2
+        auto, = torch.autograd.grad(direct.sum(), V)
+        C = (X @ X.T).numpy()
+        cost, grad = _residual_cost(X.numpy(), C, C * C, V.detach().numpy())
+        np.testing.assert_allclose(cost, direct.detach().numpy(), rtol=1e-12)
+        # the Euclidean gradients agree on the tangent space (the cost depends on V V^T only through orthonormal V)
+        tangent = lambda Z: Z - V.detach().numpy() @ (np.swapaxes(V.detach().numpy(), -1, -2) @ Z)  # noqa: E731
+        np.testing.assert_allclose(tangent(grad), tangent(auto.numpy()), rtol=1e-9, atol=1e-12)
 
 
 def test_measure_refuses_bad_parameters():
