@@ -31,6 +31,7 @@ import os
 import platform
 import socket
 import stat
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -223,17 +224,18 @@ class Run:
         self._mirror_rows(rows)
 
     def _mirror_rows(self, rows: list[dict]) -> None:
-        """Stream the rows to the live sinks, if any (a view of metrics.csv, rebuilt from it)."""
+        """Stream the rows to the live sinks, if any (a view of metrics.csv, rebuilt from it). A failing view warns
+        and stops; the run goes on."""
+        from actid.integrations import live  # imports no extra
         if self._mirror is None:
-            from actid.integrations.live import sinks_from_env  # imports no extra
-            sinks = sinks_from_env() if self.live is None else tuple(self.live)
-            if not sinks:
+            try:
+                sinks = live.sinks_from_env() if self.live is None else tuple(self.live)
+                self._mirror = live.LiveMirror(self.path, sinks) if sinks else False
+            except (ImportError, OSError, ValueError) as err:
+                warnings.warn(f"no live mirror for {self.path}: {err}", RuntimeWarning, stacklevel=3)
                 self._mirror = False
-                return
-            from actid.integrations.live import LiveMirror
-            self._mirror = LiveMirror(self.path, sinks)
-        if self._mirror:
-            self._mirror.sync(rows)
+        if self._mirror and not live.mirror_quietly(self._mirror, rows):
+            self._mirror = False
 
     def append_row(self, row: dict) -> None:
         """Add one row (for loops that keep no checkpoint, e.g. :class:`actid.Tracker`)."""
@@ -320,6 +322,8 @@ class Run:
         done = {"final": rows[-1], "train_seconds": round(train_seconds, 2)}
         files.atomic_write_text(self.done_path, json.dumps(done, indent=1))
         self.checkpoint_path.unlink(missing_ok=True)
+        if self._mirror:
+            self._mirror.close()
 
     # --- lock ----------------------------------------------------------------------------------
 

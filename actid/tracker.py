@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from actid import schema
 from actid.capture import check_layer_names
 from actid.evaluation import evaluate, probe_sets
-from actid.integrations.live import parse_sinks
+from actid.integrations.live import check_installed, parse_sinks
 from actid.measures import Measure, build_measures, build_probes, resolve_measures, resolve_probes
 from actid.runs import Run
 from actid.task import Task
@@ -66,7 +66,10 @@ class Tracker:
                          id_layers=list(layers), llid_layer=llid_layer or layers[-1], loss_fn=loss_fn)
         self.measures = build_measures(self.measures_spec, seed)
         self.probes = probe_sets(self.task, build_probes(self.probes_spec, seed))
-        self.run = Run(run_dir, live=None if live is None else parse_sinks(live))
+        sinks = None if live is None else parse_sinks(live)
+        if sinks:
+            check_installed(sinks)  # now, not at the first row
+        self.run = Run(run_dir, live=sinks)
         recorded = {"layers": list(layers), "llid_layer": self.task.llid_layer, "measures": self.measures_spec,
                     "probes": self.probes_spec, "probe_sizes": {n: len(x) for n, (x, _) in eval_sets.items()},
                     "seed": seed, **(config or {})}

@@ -1,13 +1,9 @@
 """actid where researchers already train: each integration is an optional extra of the light core.
 
-==================================  ==================  =================================================
-module                              extra               what it adds
-==================================  ==================  =================================================
-:mod:`actid.integrations.lightning`  ``actid[lightning]``  a Lightning callback writing actid runs
-:mod:`actid.integrations.metric`     ``actid[lightning]``  a torchmetrics ``Metric`` for the ID
-:mod:`actid.integrations.hf`         ``actid[hf]``         hidden states of transformers, pooled by a stated protocol
-:mod:`actid.integrations.live`       ``actid[live]``       runs' rows streamed to DVCLive and TensorBoard
-==================================  ==================  =================================================
+* :mod:`actid.integrations.lightning` (``actid[lightning]``): a Lightning callback writing actid runs;
+* :mod:`actid.integrations.metric` (``actid[lightning]``): a torchmetrics ``Metric`` for the ID;
+* :mod:`actid.integrations.hf` (``actid[hf]`` for transformers models): hidden states pooled by a stated protocol;
+* :mod:`actid.integrations.live` (``actid[live]``): runs' rows mirrored into DVCLive and TensorBoard files.
 
 Importing a module whose extra is missing raises an ``ImportError`` that names the ``pip install`` to run.
 """

@@ -55,13 +55,15 @@ def _check_mask(attention_mask: torch.Tensor | None, shape: tuple[int, int]) -> 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
     """Points from ``hidden`` ``(batch, seq, ...)`` under ``pooling`` (``last``, ``mean`` or ``all``), ignoring the
-    positions where ``attention_mask`` is 0. Returns ``(points, features)``."""
+    positions where ``attention_mask`` is 0. Returns ``(points, features)`` (float32 for half-precision states)."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if hidden.ndim < 3:
         raise ValueError(f"hidden states must be (batch, seq, hidden), got shape {tuple(hidden.shape)}")
     mask = _check_mask(attention_mask, hidden.shape[:2]).to(hidden.device)
     hidden = hidden.flatten(2)
+    if hidden.dtype in (torch.float16, torch.bfloat16):  # sums and counts of half-precision states lose digits
+        hidden = hidden.float()
     if pooling == "all":
         return hidden[mask]
     if pooling == "mean":
@@ -133,6 +135,9 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                 call = {"attention_mask": m.long()} if pretrained else {}
                 with recording(model, layers, store=device, flatten=False) as chunks:
                     model(ids, **call, **kwargs)
+                silent = [name for name in layers if not chunks[name]]
+                if silent:
+                    raise ValueError(f"layer(s) {silent} did not run in the forward pass of {type(model).__name__}")
                 states = {name: chunks[name][0] for name in layers}
             for name, h in states.items():
                 if h.ndim < 3 or h.shape[1] != ids.shape[1]:

@@ -14,16 +14,20 @@ The measures are those of params.yaml (``{name: params}``, :mod:`actid.measures`
 of the trainer (``actid/<column>`` at the trainer's global step).
 
 **Under DDP** every process holds the same probe (pass the same tensors to each process's callback), and the process
-of global rank 0 measures the whole probe while the others wait at a barrier. DDP keeps the replicas' weights equal,
-so this is the measure of the model being trained, and the activations never cross processes. Strategies that shard
-the weights (FSDP, DeepSpeed) are refused: rank 0 would not hold the model.
+of global rank 0 measures the whole probe while the others wait for it (a broadcast of its outcome: if it fails,
+every rank raises its error). DDP keeps the replicas' weights equal, so this is the measure of the model being
+trained, and the activations never cross processes. Strategies that shard the weights (FSDP, DeepSpeed) are
+refused: rank 0 would not hold the model.
 
-**Resuming** a fit from a Lightning checkpoint continues the run: rows measured after that checkpoint (by the fit that
-was stopped) are kept aside as ``metrics.csv.bad-<n>``, and the resumed fit measures those steps again.
+**Resuming** a fit from a Lightning checkpoint (``ckpt_path=``) continues the run: rows measured after that checkpoint
+(by the fit that was stopped) are kept aside as ``metrics.csv.bad-<n>``, and the resumed fit measures those steps
+again; the row at the checkpoint's step is already there (the callback measures before a checkpoint is saved). A
+fit without ``ckpt_path`` into a run directory that holds rows is refused: the run would mix two fits.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,16 +84,16 @@ class MeasureCallback(L.Callback):
                              "with actid.Tracker instead")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # after a checkpoint is restored, so global_step is the resumed step
+        # after a checkpoint is restored, so global_step is the resumed step. Rank 0 opens the run; every rank
+        # learns the outcome (and the last step measured) so that all of them take the same branches below.
+        outcome = None
         if trainer.is_global_zero:
-            hparams = {k: v for k, v in dict(getattr(pl_module, "hparams", {}) or {}).items()
-                       if isinstance(v, (int, float, str, bool, type(None)))}
-            self.tracker = Tracker(pl_module, self.probe, layers=self.layers, run_dir=self.run_dir,
-                                   measures=self.measures, llid_layer=self.llid_layer, loss_fn=self.loss_fn,
-                                   batch_size=self.batch_size, seed=self.seed, live=self.live, source="lightning",
-                                   config={"hparams": hparams, "world_size": trainer.world_size, **self.config})
-            self._continue_run(trainer.global_step)
-        self._measure(trainer, pl_module)
+            outcome = self._guarded(lambda: self._open_run(trainer, pl_module))
+        outcome = trainer.strategy.broadcast(outcome, src=0)
+        self._raise_if_failed(outcome)
+        self.last_step = outcome["last_step"]
+        if trainer.ckpt_path is None:  # a fresh fit measures its initial weights; a resumed one has that row
+            self._measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0:
@@ -104,27 +108,52 @@ class MeasureCallback(L.Callback):
 
     # --- the work ----------------------------------------------------------------------------------
 
-    def _continue_run(self, step: int) -> None:
-        """A run directory that already has rows: keep those up to ``step`` (the resumed step)."""
+    def _open_run(self, trainer, pl_module) -> dict:
+        hparams = {k: v for k, v in dict(getattr(pl_module, "hparams", {}) or {}).items()
+                   if isinstance(v, (int, float, str, bool, type(None)))}
+        self.tracker = Tracker(pl_module, self.probe, layers=self.layers, run_dir=self.run_dir,
+                               measures=self.measures, llid_layer=self.llid_layer, loss_fn=self.loss_fn,
+                               batch_size=self.batch_size, seed=self.seed, live=self.live, source="lightning",
+                               config={"hparams": hparams, "world_size": trainer.world_size, **self.config})
         run = self.tracker.run
-        if not run.metrics_path.exists():
-            return
-        rows = run.read_metrics().to_dict("records")
-        kept = [r for r in rows if r[schema.STEP] <= step]
-        if len(kept) < len(rows):
-            run.restore_rows(kept)  # the later rows are kept aside, named
+        rows = run.read_metrics().to_dict("records") if run.metrics_path.exists() else []
+        if rows and trainer.ckpt_path is None:
+            raise ValueError(f"{run.path} already holds {len(rows)} rows of an earlier fit: resume that fit "
+                             "(Trainer.fit(..., ckpt_path=...)) or give this one a new run_dir")
+        kept = [r for r in rows if r[schema.STEP] <= trainer.global_step]
+        if len(kept) < len(rows):  # measured after the checkpoint by the fit that stopped: kept aside, named
+            if kept:
+                run.restore_rows(kept)
+            else:
+                os.replace(run.metrics_path, run._free_name(run.metrics_path.name + ".bad"))
         self.tracker.calls = len(kept)
-        if kept:
-            self.last_step = int(kept[-1][schema.STEP])
+        return {"last_step": int(kept[-1][schema.STEP]) if kept else None}
 
     def _measure(self, trainer, pl_module) -> None:
         step = trainer.global_step
         if step == self.last_step or trainer.sanity_checking:
             return
         self.last_step = step
+        outcome = None
         if trainer.is_global_zero:
-            row = self.tracker.measure(step)
-            logged = {self.log_prefix + k: float(v) for k, v in row.items() if k != schema.STEP}
-            for logger in trainer.loggers:
-                logger.log_metrics(logged, step=step)
-        trainer.strategy.barrier("actid-measure")
+            outcome = self._guarded(lambda: self._log(trainer, self.tracker.measure(step), step))
+        # the other ranks wait here for rank 0, and stop with it if it failed
+        self._raise_if_failed(trainer.strategy.broadcast(outcome, src=0))
+
+    def _log(self, trainer, row: dict, step: int) -> dict:
+        logged = {self.log_prefix + k: float(v) for k, v in row.items() if k != schema.STEP}
+        for logger in trainer.loggers:
+            logger.log_metrics(logged, step=step)
+        return {}
+
+    @staticmethod
+    def _guarded(work) -> dict:
+        try:
+            return work()
+        except Exception as err:  # noqa: BLE001 (sent to the other ranks, raised on every rank)
+            return {"error": err}
+
+    @staticmethod
+    def _raise_if_failed(outcome: dict) -> None:
+        if "error" in outcome:
+            raise outcome["error"]

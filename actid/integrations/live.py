@@ -16,12 +16,19 @@ events of earlier processes are hidden with ``purge_step``), so a resumed run mi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
+import warnings
+import weakref
 from pathlib import Path
 
 from actid.integrations import require
+
+MARKER = ".actid-live"
+"""A file that marks ``<run>/dvclive`` as the mirror's: DVCLive clears its files there, so a folder without it (a
+user's own DVCLive output) is refused instead."""
 
 SINKS = ("dvclive", "tensorboard")
 ENV = "ACTID_LIVE"
@@ -56,15 +63,44 @@ def check_installed(sinks: tuple[str, ...]) -> None:
         require("tensorboard", "live")
 
 
-def _scalars(row: dict) -> dict[str, float]:
-    """The row's finite numbers, without the step."""
-    out = {}
+def _scalars(row: dict) -> tuple[dict[str, float], list[str]]:
+    """The row's finite numbers, without the step, and the names of its missing (NaN or infinite) values."""
+    out, missing = {}, []
     for key, value in row.items():
         if key == "step" or isinstance(value, bool) or not isinstance(value, numbers.Real):
             continue
         if math.isfinite(value):
             out[key] = float(value)
-    return out
+        else:
+            missing.append(key)
+    return out, missing
+
+
+@contextlib.contextmanager
+def _dvclive_environment():
+    """Neither DVCLIVE_RESUME (it would make the rebuild append) nor a DVC Studio token (it would post the run
+    outside the run directory) applies to the mirror."""
+    saved = {k: os.environ.pop(k) for k in ("DVCLIVE_RESUME",) if k in os.environ}
+    offline = os.environ.get("DVC_STUDIO_OFFLINE")
+    os.environ["DVC_STUDIO_OFFLINE"] = "true"
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+        if offline is None:
+            os.environ.pop("DVC_STUDIO_OFFLINE", None)
+        else:
+            os.environ["DVC_STUDIO_OFFLINE"] = offline
+
+
+def _drop(summary: dict, key: str) -> None:
+    """Remove ``key`` (``a/b`` nests as DVCLive does) from the summary: a value now missing is not shown stale."""
+    *parents, leaf = key.split("/")
+    for part in parents:
+        summary = summary.get(part)
+        if not isinstance(summary, dict):
+            return
+    summary.pop(leaf, None)
 
 
 class LiveMirror:
@@ -75,6 +111,7 @@ class LiveMirror:
         check_installed(self.sinks)
         self._steps: list[int] = []  # the steps mirrored by this process, in order
         self._live = self._writer = None
+        self._closer = None
 
     def sync(self, rows: list[dict]) -> None:
         """Mirror ``rows`` (the run's whole table): append the new ones, or rebuild if the table is not an extension
@@ -86,7 +123,7 @@ class LiveMirror:
             self._open(first_step=steps[0] if steps else 0)
             new = rows
         for row in new:
-            self._write(int(row["step"]), _scalars(row))
+            self._write(int(row["step"]), *_scalars(row))
         if self._live is not None and new:
             self._live.make_summary()
         if self._writer is not None:
@@ -97,25 +134,49 @@ class LiveMirror:
         self.close()
         if "dvclive" in self.sinks:
             dvclive = require("dvclive", "live")
-            # no dvc.yaml, no report, no experiment: files inside the run directory only
-            self._live = dvclive.Live(dir=str(self.run_dir / "dvclive"), resume=False, report=None,
-                                      save_dvc_exp=False, dvcyaml=None)
+            folder = self.run_dir / "dvclive"
+            if folder.exists() and not (folder / MARKER).exists():
+                raise FileExistsError(f"{folder} exists and was not made by actid's live mirror, which clears "
+                                      "DVCLive's files there: move it aside, or turn the mirror off")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / MARKER).touch()
+            with _dvclive_environment():  # no dvc.yaml, report, experiment or Studio: files in the run only
+                self._live = dvclive.Live(dir=str(folder), resume=False, report=None, save_dvc_exp=False,
+                                          dvcyaml=None)
         if "tensorboard" in self.sinks:
             require("tensorboard", "live")
             from torch.utils.tensorboard import SummaryWriter
             # purge_step hides the events that earlier processes wrote at or after the first step rewritten here
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=first_step)
+            self._closer = weakref.finalize(self, self._writer.close)  # its file and thread end with the mirror
 
-    def _write(self, step: int, values: dict[str, float]) -> None:
+    def _write(self, step: int, values: dict[str, float], missing: list[str]) -> None:
         if self._live is not None:
             self._live.step = step
             for key, value in values.items():
                 self._live.log_metric(key, value)
+            for key in missing:
+                _drop(self._live.summary, key)
         if self._writer is not None:
             for key, value in values.items():
                 self._writer.add_scalar(key, value, global_step=step)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._live = self._writer = None
+        """Close the TensorBoard writer (its file and thread); the next sync rebuilds the mirror."""
+        if self._closer is not None:
+            self._closer()
+        self._live = self._writer = self._closer = None
+        self._steps = []
+
+
+def mirror_quietly(mirror: LiveMirror, rows: list[dict]) -> bool:
+    """Sync ``mirror``; a failure is a warning, not the run's error (the mirror is a view, metrics.csv is written).
+    Returns whether the mirror still works."""
+    try:
+        mirror.sync(rows)
+        return True
+    except Exception as err:  # noqa: BLE001 (any failure of a view)
+        warnings.warn(f"the live mirror of {mirror.run_dir} stopped ({type(err).__name__}: {err}); metrics.csv is "
+                      "intact, and the run goes on without it", RuntimeWarning, stacklevel=3)
+        mirror.close()
+        return False

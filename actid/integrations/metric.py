@@ -35,13 +35,25 @@ ESTIMATORS = {"twonn": TwoNN, "mle": MLE, "gride": GRIDE}
 _MASK = (1 << 64) - 1
 
 
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix64(z: int) -> int:
+    """splitmix64's finalizer on a Python integer (64 bits)."""
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK
+    return z ^ (z >> 31)
+
+
 def stream_keys(seed: int, rank: int, start: int, count: int) -> torch.Tensor:
-    """Reservoir keys of rows ``start .. start + count - 1`` of ``rank``'s stream: splitmix64 of a counter, as
-    non-negative int64 (a hash of the row's position, so batches may be cut anywhere)."""
-    offset = ((seed & 0xFFFFFFFF) << 32 | (rank & 0xFFFFFFFF)) * 0x9E3779B97F4A7C15 & _MASK
-    z = (np.arange(start, start + count, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) + np.uint64(offset)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    """Reservoir keys of rows ``start .. start + count - 1`` of ``rank``'s stream, as non-negative int64: splitmix64
+    of the row's index in a stream whose start is itself a hash of (seed, rank), so that the keys depend on the row's
+    position only (batches may be cut anywhere) and the streams of different seeds and ranks are unrelated."""
+    base = _mix64((_mix64((seed * _GOLDEN + 1) & _MASK) ^ (rank * 0xD1B54A32D192ED03 & _MASK)) & _MASK)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as intended
+        z = np.arange(start, start + count, dtype=np.uint64) * np.uint64(_GOLDEN) + np.uint64(base)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
     return torch.from_numpy((z >> np.uint64(1)).astype(np.int64))
 
@@ -107,6 +119,11 @@ class IntrinsicDimension(torchmetrics.Metric):
         if len(points) > self.max_points:
             points, keys = _smallest_keys(points, keys, self.max_points)
         self.points, self.keys = [points], [keys]
+
+    def forward(self, x: torch.Tensor) -> None:
+        """Only :meth:`update`: the ID of one batch is not a useful number (and a batch may hold too few points to
+        estimate one). Log the metric object at the end of an epoch, or call :meth:`compute`."""
+        self.update(x)
 
     def compute(self) -> torch.Tensor:
         """Fit the estimator on every process's rows (gathered in rank order); return its dimension."""

@@ -1,0 +1,42 @@
+"""The estimator calibration in docs/calibration/ is reproducible and its ranges follow from its table."""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import calibrate_estimators as calibration  # noqa: E402
+
+TABLE = ROOT / "docs" / "calibration" / "calibration.csv"
+
+
+@pytest.mark.parametrize("cell", [("gaussian", 10, 1000, 0), ("sphere", 20, 500, 2), ("cube", 5, 2000, 1)])
+def test_committed_fits_are_reproduced(cell):
+    committed = pd.read_csv(TABLE).set_index(["kind", "d", "n", "seed", "estimator"])["estimate"]
+    for row in calibration.fit_cell(*cell):
+        key = (row["kind"], row["d"], row["n"], row["seed"], row["estimator"])
+        assert row["estimate"] == pytest.approx(committed[key], rel=1e-4), key  # another CPU: last bits may differ
+
+
+def test_ranges_follow_from_the_table_and_trust_reads_them():
+    record = json.loads((ROOT / "docs" / "calibration" / "ranges.json").read_text())
+    assert record["ranges"] == calibration.ranges(pd.read_csv(TABLE), record["tolerance"])
+    twonn_1000 = record["ranges"]["twonn"]["1000"]
+    assert twonn_1000["accurate_up_to"] == 5 and 60 < twonn_1000["calibrated_below"] < 80
+    assert calibration.trust(4.0, 1000) == "accurate"
+    assert calibration.trust(30.0, 1500) == "biased"
+    assert calibration.trust(190.0, 1000) == "outside"  # the memorization runs' hidden-layer ID
+    assert calibration.trust(3.0, 100) == "outside"  # fewer points than any calibrated n
+
+
+def test_the_data_have_the_stated_dimension():
+    sphere = calibration.sample("sphere", 3, 500, 0)
+    assert sphere.shape == (500, 4) and (sphere.norm(dim=1) - 1).abs().max() < 1e-12
+    cube = calibration.sample("cube", 4, 500, 0)
+    assert cube.shape == (500, 4) and 0 <= cube.min() and cube.max() <= 1
+    with pytest.raises(ValueError, match="unknown kind"):
+        calibration.sample("torus", 2, 10, 0)
