@@ -31,6 +31,7 @@ COLORS = {
     "weight_decay": _PALETTE[0],  # blue
     "dropout": _PALETTE[1],  # orange
     "id": _PALETTE[2],  # green: an intrinsic dimension over training
+    "id_train": _PALETTE[8],  # yellow: the same ID on training examples
     "val_acc": _PALETTE[0],
     "train_acc": "0.55",  # grey
     "threshold": _PALETTE[3],  # vermillion: over-regularization threshold

@@ -50,12 +50,14 @@ from matplotlib.lines import Line2D
 
 from actid import plotting
 from actid.analysis.regularization import final_rows, over_regularization_threshold
-from actid.analysis.stats import pearson
-from actid.claims import Claims, correlation_agrees, profile_label
+from actid.analysis.stats import id_error, pearson
+from actid.calibration import flag
+from actid.claims import Claims, profile_label
 from actid.io import write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
+from actid.verdicts import correlation_evidence, sensitivity
 
 VAL_ACC = acc("val")
 PAPER_R = {("cifar100", "weight_decay"): -0.88, ("cifar100", "dropout"): -0.87,
@@ -85,7 +87,10 @@ for ax, (dataset, reg) in zip(axes[0], panels):
                                    "n_unfinished": int((~runs["finished"]).sum()),
                                    "sign_agrees_with_paper": sign_agrees}
     claims.add(f"{plotting.LABELS[reg].removesuffix(' p')} lowers the validation LLID", PAPER_TEXT[reg],
-               f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})", correlation_agrees(r, p, -1))
+               f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})", rule=f"brown_a_{reg}",
+               evidence=correlation_evidence(runs["strength"], runs[LLID], seeds=runs["seed"].nunique()),
+               sensitivity=sensitivity(lambda c: correlation_evidence(runs["strength"], runs[c[LLID]]), runs.columns,
+                                       [LLID]), id_trust=flag(runs, LLID))
     color, marker = plotting.COLORS[reg], plotting.MARKERS[reg]
     if n >= 3:
         sns.regplot(x=runs["strength"].to_numpy(), y=runs[LLID].to_numpy(), ax=ax, scatter=False, color=color,
@@ -95,6 +100,7 @@ for ax, (dataset, reg) in zip(axes[0], panels):
                edgecolor="black", linewidth=0.4, zorder=3)
     ax.scatter(runs.loc[over, "strength"], runs.loc[over, LLID], marker=marker, s=50, facecolors="none",
                edgecolors=color, linewidths=1.4, zorder=3)
+    ax.errorbar(runs["strength"], runs[LLID], yerr=id_error(runs, LLID), fmt="none", ecolor=color, lw=0.9, zorder=2)
     unfinished = runs[~runs["finished"]]
     ax.scatter(unfinished["strength"], unfinished[LLID], **plotting.UNFINISHED)
     ax.set_title(f"{dataset}, {plotting.LABELS[reg]}\nPearson r = {r:.2f} (p = {p:.2g}, n = {n})")
@@ -103,7 +109,8 @@ for ax, (dataset, reg) in zip(axes[0], panels):
 handles = [Line2D([], [], marker="o", color="0.4", mec="black", mew=0.4, ls="none", ms=7, label="run"),
            Line2D([], [], marker="o", mfc="none", mec="0.4", mew=1.4, ls="none", ms=7,
                   label=f"over-regularized run (accuracy > {tolerance:g} below the best; Fig. C)"),
-           Line2D([], [], color="0.4", lw=1.2, label="least-squares line, 95% bootstrap band (all runs)")]
+           Line2D([], [], color="0.4", lw=1.2, label="least-squares line, 95% bootstrap band (all runs)"),
+           Line2D([], [], color="0.4", lw=0.9, marker="|", ms=10, label="± TwoNN resampling error of the LLID")]
 if not final["finished"].all():
     handles.append(plotting.unfinished_handle())
 plotting.legend_below(fig, handles, ncol=2)

@@ -57,11 +57,13 @@ from matplotlib.lines import Line2D
 from actid import plotting
 from actid.analysis.regularization import final_rows, over_regularization_threshold
 from actid.analysis.stats import pearson
-from actid.claims import Claims, correlation_agrees, profile_label
+from actid.calibration import flag, worst
+from actid.claims import Claims, profile_label
 from actid.io import write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
+from actid.verdicts import correlation_evidence, sensitivity
 
 VAL_ACC = acc("val")
 PAPER_R = {"cifar100": 0.92, "cifar10": 0.96}
@@ -100,7 +102,10 @@ for ax, dataset in zip(axes[0], datasets):
                         "cut": {reg: cuts.get((dataset, reg)) for reg in ("weight_decay", "dropout")}}
     claims.add("a higher PID/LLID goes with higher validation accuracy (runs not over-regularized)",
                "r = 0.92 (CIFAR-100), 0.96 (CIFAR-10)", f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})",
-               correlation_agrees(r, p, +1))
+               rule="brown_b",
+               evidence=correlation_evidence(kept["pid_over_llid"], kept[VAL_ACC], seeds=kept["seed"].nunique()),
+               sensitivity=sensitivity(lambda c: correlation_evidence(kept[c[PID]] / kept[c[LLID]], kept[VAL_ACC]),
+                                       kept.columns, [PID, LLID]), id_trust=worst([flag(kept, PID), flag(kept, LLID)]))
     if n >= 3:
         sns.regplot(x=kept["pid_over_llid"].to_numpy(), y=kept[VAL_ACC].to_numpy(), ax=ax, scatter=False,
                     color="0.35", ci=95, n_boot=1000, seed=0, line_kws={"lw": 1.2})

@@ -53,11 +53,13 @@ from matplotlib.lines import Line2D
 
 from actid import plotting
 from actid.analysis.regularization import final_rows, over_regularization_threshold
+from actid.calibration import flag
 from actid.claims import Claims, profile_label
 from actid.io import write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
+from actid.verdicts import bootstrap_ratio_of_medians, not_testable, sensitivity, threshold_evidence
 
 VAL_ACC = acc("val")
 plotting.use_style()
@@ -96,7 +98,20 @@ for row, dataset in zip(axes, datasets):
             (f"median PID beyond / at or below: {ratio:.2f} (threshold {threshold:g}, {int(over.sum())} beyond; "
              f"collapse: < {collapse_ratio:g}) ({dataset})")
             if ratio is not None else f"no run beyond the threshold ({dataset})",
-            None if ratio is None else bool(ratio < collapse_ratio))
+            rule=f"brown_c_{reg}",
+            evidence=threshold_evidence(
+                {int(runs["seed"].iloc[0]): ratio}, collapse_ratio, n=len(runs), method="bootstrap over runs",
+                interval=bootstrap_ratio_of_medians(runs.loc[over, PID], runs.loc[~over, PID]))
+            if ratio is not None and runs["seed"].nunique() == 1 else
+            not_testable("threshold", "no run beyond the threshold") if ratio is None else
+            threshold_evidence({s: g.loc[g["strength"] > threshold, PID].median()
+                                / g.loc[g["strength"] <= threshold, PID].median()
+                                for s, g in runs.groupby("seed")}, collapse_ratio, n=len(runs)),
+            sensitivity=sensitivity(lambda c: threshold_evidence(
+                {0: runs.loc[over, c[PID]].median() / runs.loc[~over, c[PID]].median()}, collapse_ratio, n=len(runs),
+                interval=bootstrap_ratio_of_medians(runs.loc[over, c[PID]], runs.loc[~over, c[PID]]))
+                if over.any() else not_testable("threshold", "no run beyond the threshold"), runs.columns, [PID]),
+            id_trust=flag(runs, PID))
         ax.axvline(threshold, color=plotting.COLORS["threshold"], lw=1.4, zorder=1)
         ax.scatter(runs["strength"], runs[PID], c=runs[VAL_ACC], cmap="viridis", norm=accuracy_norm,
                    edgecolor="black", linewidth=0.4, marker=plotting.MARKERS[reg], s=60, zorder=3)

@@ -64,6 +64,7 @@ from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import Run, load_runs
 from actid.schema import ID, STEP, columns_of
+from actid.verdicts import not_testable, threshold_evidence
 
 plotting.use_style()
 runs = load_runs(resolve(runs_dir))
@@ -168,20 +169,22 @@ if snapshots:
 
 # %%
 claims = Claims("Stephenson", profile_label(chosen), 0 if finished else 1)
+seed = int(config["seed"])
 peak, last = float(row_at[early]["val_acc"]), float(row_at[final]["val_acc"])
 fit = float(row_at[final]["permuted_acc"])
 claims.add("with permuted labels the network memorizes: it fits the permuted examples while test accuracy falls from "
            "its peak", "permuted examples fitted late in training, test accuracy peaks early then declines",
            f"permuted examples {fit:.3f} (training labels), test accuracy {peak:.3f} at step {early} → {last:.3f} at "
-           f"step {final} (ε {config['permuted_fraction']}; {config['dataset']})",
-           fit >= min_fit and peak - last >= min_drop)
+           f"step {final} (ε {config['permuted_fraction']}; {config['dataset']})", rule="stephenson_memorizes",
+           evidence=threshold_evidence({seed: peak - last}, min_drop) if fit >= min_fit else
+           not_testable("threshold", f"the permuted examples are not fitted (accuracy {fit:.3f} < {min_fit:g})"))
 rise = {layer: float(row_at[final][f"permuted.capacity/{layer}"] - row_at[early][f"permuted.capacity/{layer}"])
         for layer in layers}
 hidden = [layer for layer in layers if layer in columns_of(run_rows, ID)]  # the model's hidden (ID) layers
 claims.add(f"the permuted manifolds' capacity rises more in the last hidden layer than in the first (early → final; "
            f"by at least {min_gain})", "memorization happens mainly in the deeper layers",
-           f"rise per layer {', '.join(f'{k} {v:+.3f}' for k, v in rise.items())}",
-           rise[hidden[-1]] - rise[hidden[0]] >= min_gain)
+           f"rise per layer {', '.join(f'{k} {v:+.3f}' for k, v in rise.items())}", rule="stephenson_capacity",
+           evidence=threshold_evidence({seed: rise[hidden[-1]] - rise[hidden[0]]}, min_gain))
 linear = list(dict.fromkeys(grid["first_layer"]))  # the weight layers in forward order (the rewound ranges' starts)
 if have_snapshots:
     at_peak = grid[grid["step"] == early]
@@ -191,12 +194,14 @@ if have_snapshots:
     claims.add(f"rewinding the last layer to the peak-test evaluation restores test accuracy (by at least {min_gain}); "
                "rewinding the first layer does not", "generalization restored by rewinding the last layers only",
                f"final {last:.3f}; {linear[-1]} rewound to step {early}: {alone[linear[-1]]:.3f}; {linear[0]} rewound: "
-               f"{alone[linear[0]]:.3f}", alone[linear[-1]] - last >= min_gain and alone[linear[0]] - last < min_gain)
+               f"{alone[linear[0]]:.3f}", rule="stephenson_rewinding",
+               evidence=threshold_evidence({seed: alone[linear[-1]] - alone[linear[0]]}, min_gain))
 else:
     alone = {}
     claims.add("rewinding the last layer to the peak-test evaluation restores test accuracy; rewinding the first layer "
                "does not", "generalization restored by rewinding the last layers only",
-               f"no weight snapshots at steps {early} and {final}", None)
+               f"no weight snapshots at steps {early} and {final}", rule="stephenson_rewinding",
+               evidence=not_testable("threshold", "no weight snapshots"))
 claims.print()
 metrics = {"run": name, "finished": finished, "early_step": early, "final_step": final,
            "val_acc": {"peak": peak, "final": last}, "permuted_acc_final": fit, "permuted_capacity_rise": rise,

@@ -57,11 +57,12 @@ from matplotlib.lines import Line2D
 from actid import plotting
 from actid.analysis.memorization import GRADIENT_ALIGNMENT, memorization_summary
 from actid.analysis.stats import pearson, spearman
-from actid.claims import Claims, correlation_agrees, profile_label
+from actid.claims import Claims, profile_label
 from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import STEP
+from actid.verdicts import correlation_evidence, not_testable, threshold_evidence
 
 plotting.use_style()
 ACTIVATIONS = ["sin", "relu", "sigmoid"]
@@ -199,6 +200,9 @@ for ax, (column, label) in zip(axes[0], lenses):
         part = summary[summary["activation"] == act]
         ax.plot(seed_mean(part).index, seed_mean(part)[column], "-", color=ACT_COLORS[act])
         ax.scatter(part["init_std"], part[column], color=ACT_COLORS[act], s=20)
+        if column == "final_llid":  # ± TwoNN's resampling error
+            ax.errorbar(part["init_std"].astype(float), part[column].astype(float),
+                        yerr=part["final_llid_err"].astype(float), fmt="none", ecolor=ACT_COLORS[act], lw=0.8)
         mark_unfinished(ax, part, "init_std", column)
         rho, p, n = spearman(part["init_std"], part[column])
         trends[f"{act}/{column}"] = {"spearman_rho": rho, "p": p, "n": n}
@@ -206,7 +210,8 @@ for ax, (column, label) in zip(axes[0], lenses):
     ax.set_title("Spearman ρ with σ: "
                  + ", ".join(f"{a} {trends[f'{a}/{column}']['spearman_rho']:+.2f}" for a in activations))
 plotting.legend_below(fig, [Line2D([], [], color=ACT_COLORS[a], marker="o", label=f"φ = {a}") for a in activations]
-                      + [Line2D([], [], color="black", marker="o", label="points: runs; lines: mean over seeds")])
+                      + [Line2D([], [], color="black", marker="o", label="points: runs; lines: mean over seeds; "
+                                "ID bars: ± TwoNN resampling error")])
 fig.suptitle(f"Hidden-layer ID and alignment against σ ({dataset}; Spearman ρ over all runs)")
 plotting.save_figure(fig, out, "id_and_alignment_vs_scale")
 
@@ -229,30 +234,43 @@ def rank_trend(part, column):
     return rho, p, f"{text}; {dataset}"
 
 
+def rank_evidence(part, column):
+    """Spearman ρ of a statistic with σ over the runs, with each seed left out (the verdict's evidence)."""
+    return correlation_evidence(part["init_std"], part[column], spearman=True, units=part["seed"],
+                                seeds=part["seed"].nunique())
+
+
 figure = "Mehta 2a"
 sin = summary[summary["activation"] == "sin"].sort_values("init_std")
 if len(sin):
     rho, p, text = rank_trend(sin, "final_val_acc")
     claims.add("with sin, validation accuracy falls as σ grows", "falls to chance (≈10%) as σ grows", text,
-               correlation_agrees(rho, p, -1), figure=figure)
+               rule="mehta_2a_accuracy", evidence=rank_evidence(sin, "final_val_acc"), figure=figure)
     top = sin[sin["init_std"] == sin["init_std"].max()]
-    memorizes = bool((top["final_train_acc"] >= 0.99).all()
-                     and ((top["final_val_acc"] - chance).abs() <= chance_margin).all())
+    fitted = bool((top["final_train_acc"] >= 0.99).all())
+    memorizes = (threshold_evidence(dict(zip(top["seed"], (top["final_val_acc"] - chance).abs())), chance_margin)
+                 if fitted else not_testable("threshold", "a run at the largest σ did not fit its training set"))
     claims.add("with sin, the largest σ memorizes", "training accuracy 100%, test accuracy at chance",
                f"σ = {top['init_std'].iloc[0]:g}, {len(top)} run(s): train "
                + " / ".join(f"{v:.3f}" for v in top["final_train_acc"]) + ", validation "
                + " / ".join(f"{v:.3f}" for v in top["final_val_acc"])
-               + f" (chance {chance:.2f}, margin {chance_margin:g}; {dataset})", memorizes, figure=figure)
-    for column, text, fig_no in (("mean_gradient_alignment_W1", "gradient alignment (W1, mean over evaluations)", "2c"),
-                                 ("final_representation_alignment_train", "representation alignment (final)", "2d")):
+               + f" (chance {chance:.2f}, margin {chance_margin:g}; {dataset})", rule="mehta_2a_memorizes",
+               evidence=memorizes, figure=figure)
+    for column, text, fig_no, rule in (
+            ("mean_gradient_alignment_W1", "gradient alignment (W1, mean over evaluations)", "2c",
+             "mehta_2c_gradient_alignment"),
+            ("final_representation_alignment_train", "representation alignment (final)", "2d",
+             "mehta_2d_representation_alignment")):
         rho, p, ours = rank_trend(sin, column)
-        claims.add(f"with sin, {text} falls as σ grows", "falls as σ grows", ours,
-                   correlation_agrees(rho, p, -1), figure=f"Mehta {fig_no}")
+        claims.add(f"with sin, {text} falls as σ grows", "falls as σ grows", ours, rule=rule,
+                   evidence=rank_evidence(sin, column), figure=f"Mehta {fig_no}")
     r = correlations["W1"]["sin"]
     claims.add("best test accuracy rises with gradient alignment across σ (sin)",
                "positive correlation on CIFAR-10, CIFAR-100, SVHN",
                f"Pearson r = {r['r']:.2f}, p = {r['p']:.2g}, n = {r['n']} runs (W1 alignment, mean over evaluations; "
-               f"{dataset})", correlation_agrees(r["r"], r["p"], +1), figure="Mehta 1b")
+               f"{dataset})", rule="mehta_1b", figure="Mehta 1b",
+               evidence=correlation_evidence(sin["mean_gradient_alignment_W1"], sin["best_val_acc"],
+                                             units=sin["seed"], seeds=sin["seed"].nunique()))
 
 
 def accuracy_drop(part):
@@ -267,7 +285,10 @@ if len(sin) and len(relu):
     claims.add("with ReLU, validation accuracy drops less with σ than with sin",
                "ReLU: drops and saturates, a limited drop",
                f"best minus worst per-σ mean validation accuracy: ReLU {drops['relu']:.3f}, sin {drops['sin']:.3f} "
-               f"({dataset})", bool(drops["relu"] < drops["sin"]), figure="Mehta 4")
+               f"({dataset})", rule="mehta_4", figure="Mehta 4",
+               evidence=threshold_evidence({s: accuracy_drop(sin[sin["seed"] == s])
+                                            - accuracy_drop(relu[relu["seed"] == s])
+                                            for s in sorted(set(sin["seed"]) & set(relu["seed"]))}, 0))
 else:
     drops = {}
 
@@ -278,4 +299,4 @@ metrics = {"dataset": dataset, "loss": loss_name, "chance": chance, "n_runs": in
            "runs": {name: dict(row) for name, row in summary.iterrows()},
            "claims": claims.rows}
 write_json(out / "metrics.json", metrics)
-pd.DataFrame(claims.rows)[["figure", "claim", "ours", "agrees"]]
+pd.DataFrame(claims.rows)[["figure", "claim", "ours", "rule"]]

@@ -63,11 +63,14 @@ from matplotlib.lines import Line2D
 
 from actid import plotting
 from actid.analysis.mnist_grokking import measure_lags, midpoint_grokking
+from actid.analysis.stats import id_error
+from actid.calibration import flag
 from actid.claims import Claims, profile_label
 from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, STEP, acc
+from actid.verdicts import not_testable, sensitivity, threshold_evidence, timing_evidence
 
 plotting.use_style()
 runs = load_runs(resolve(runs_dir))
@@ -81,7 +84,8 @@ def variant(row) -> str:
     return f"{name}, batch {row['batch_size']:g}" if several_batches else name
 
 
-config = runs.groupby("run")[["norm_reward", "dropout", "batch_size", "weight_decay", "dataset", "finished"]].first()
+config = runs.groupby("run")[["norm_reward", "dropout", "batch_size", "weight_decay", "dataset", "seed",
+                              "finished"]].first()
 config["variant"] = config.apply(variant, axis=1)
 order = sorted(config.index, key=lambda r: (config.loc[r, "batch_size"], config.loc[r, "dropout"] > 0,
                                            config.loc[r, "norm_reward"] > 0))
@@ -97,11 +101,12 @@ MEASURES = {  # label -> column; lags are reported for each
     "circuit complexity (fc3)": "circuit_complexity/fc3",
     "LLID": LLID, "ID (relu1)": "id/relu1",
 }
-rows, lags = {}, {}
+rows, lags, groks = {}, {}, {}
 for name in order:
     run = runs[runs["run"] == name].sort_values(STEP)
     grok = midpoint_grokking(run, saturated, min_gain)
-    lags[name] = measure_lags(run, list(MEASURES.values()), grok)
+    lags[name] = measure_lags(run, list(MEASURES.values()), grok, co_occurrence_evaluations)
+    groks[name] = grok
     norms = run["weight_norm/total"].to_numpy()
     gap = float((run[acc("train")] - run[acc("val")]).max())  # the overfitting phase, if any
     rows[name] = {**grok, "initial_weight_norm": norms[0], "final_weight_norm": norms[-1], "max_accuracy_gap": gap,
@@ -137,6 +142,10 @@ for j, name in enumerate(order):
         for column, _, color, ls in lines:
             ok = run[column].notna()
             ax.plot(run.loc[ok, STEP], run.loc[ok, column], color=color, ls=ls, lw=1.4)
+            if column == LLID or column.startswith("id/"):  # ± TwoNN's resampling error
+                err = id_error(run[ok], column)
+                ax.fill_between(run.loc[ok, STEP], run.loc[ok, column] - err, run.loc[ok, column] + err, color=color,
+                                alpha=0.2, lw=0)
         grok_step = stats["grok_step"] if stats["grokked"] else np.nan
         for step, style in ((stats["saturation_step"], ":"), (grok_step, "--")):
             if np.isfinite(step):
@@ -197,52 +206,74 @@ PAPER = {"weight norm": ("falls as test accuracy rises", -1),
          "weight entropy": ("drops sharply with generalization", -1),
          "circuit complexity (fc1)": ("decreases with generalization", -1),
          "LLID": ("drops when the model groks (Brown et al., transformer on modular division)", -1)}
+def lag_evidence(name: str, lag: dict, sign: int):
+    """A measure's co-occurrence with the grok step in one run, against the chance of it (timing evidence)."""
+    if lag["at_edge"]:
+        return not_testable("timing", "the steepest change sits at the window's edge")
+    if not np.isfinite(lag["lag_evaluations"]):
+        return not_testable("timing", "no grok step")
+    hit = bool(abs(lag["lag_evaluations"]) <= co_occurrence_evaluations and np.sign(lag["rate_per_log_step"]) == sign)
+    return timing_evidence({name: hit}, {name: lag["chance"]})
+
+
+RULE_KEYS = {"weight norm": "weight_norm", "weight entropy": "weight_entropy",
+             "circuit complexity (fc1)": "circuit_complexity", "LLID": "llid"}
 for kind, figure in (("baseline", "Golechha 1"), ("increasing", "Golechha 2")):
     name = first_run(kind)
     if name is None:
         continue
     stats, run = summary.loc[name], runs[runs["run"] == name].sort_values(STEP)
-    delayed = bool(stats["grokked"] and stats["delay_steps"] >= delay_threshold)
+    seed = int(config.loc[name, "seed"])
+    n = "1" if kind == "baseline" else "2"
     if kind == "baseline":
         claims.add("generalization comes long after the training set is fitted (baseline)",
-                   "test accuracy rises thousands of steps after train accuracy saturates", describe(stats), delayed,
-                   figure=figure)
+                   "test accuracy rises thousands of steps after train accuracy saturates", describe(stats),
+                   rule="golechha_1_delay", figure=figure,
+                   evidence=threshold_evidence({seed: stats["delay_steps"]}, delay_threshold) if stats["grokked"]
+                   else not_testable("threshold", f"the run does not grok (validation gains < {min_gain:g})"))
     else:
         rest = norm_without(run, "fc1.weight")
         fc1 = run["weight_norm/fc1.weight"].to_numpy()
-        rises = bool(stats["final_weight_norm"] > stats["initial_weight_norm"])
         claims.add("the model groks while its weight norm grows (loss − δ Σ w²)",
                    "grokking with the weight norm rising (δ = 2e-10)",
                    f"weight norm {stats['initial_weight_norm']:.1f} → {stats['final_weight_norm']:.1f}, all of it in "
                    f"fc1.weight ({fc1[0]:.1f} → {fc1[-1]:.1f}); the other tensors {rest[0]:.1f} → {rest[-1]:.1f}; "
-                   + describe(stats), bool(rises and delayed), figure=figure)
+                   + describe(stats), rule="golechha_2_norm_grows", figure=figure,
+                   evidence=threshold_evidence({seed: rest[-1] / rest[0]}, 1,
+                                               method="final / initial norm of the tensors other than fc1.weight"))
     for label, (text, sign) in PAPER.items():
         if kind == "increasing" and label == "weight norm":
             continue
         lag = lags[name][MEASURES[label]]
+        evidence = lag_evidence(name, lag, sign)
         if lag["at_edge"]:
             edge = "first" if lag["change_step"] <= stats["grok_step"] else "last"
-            ours, agrees = (f"steepest change per log-step in the {edge} "
-                            f"interval after saturation (step {lag['change_step']:.0f}): the fastest change may lie "
-                            f"outside the run, no lag; {dataset}"), None
+            ours = (f"steepest change per log-step in the {edge} "
+                    f"interval after saturation (step {lag['change_step']:.0f}): the fastest change may lie "
+                    f"outside the run, no lag; {dataset}")
         elif np.isfinite(lag["lag_evaluations"]):
             direction = "falls" if lag["rate_per_log_step"] < 0 else "rises"
             ours = (f"{direction} fastest per log-step at step {lag['change_step']:.0f}: lag {lag['lag_steps']:+.0f} "
                     f"steps, {lag['lag_evaluations']:+.0f} evaluations from the grok step; {dataset}")
-            agrees = bool(abs(lag["lag_evaluations"]) <= co_occurrence_evaluations
-                          and np.sign(lag["rate_per_log_step"]) == sign)
         else:
-            ours, agrees = "no grok step, or no change after saturation", None
+            ours = "no grok step, or no change after saturation"
+        others = (sensitivity(lambda c: lag_evidence(name, measure_lags(run, [c[LLID]], groks[name],
+                                                                        co_occurrence_evaluations)[c[LLID]], sign),
+                              run.columns, [LLID]) if label == "LLID" else None)
         claims.add(f"{label} moves with grokking: its steepest change, in the paper's direction, within "
                    f"{co_occurrence_evaluations:g} evaluations of the grok step ({stats['variant']})", text, ours,
-                   agrees, figure="Brown D" if label == "LLID" else figure)
+                   rule=f"golechha_{n}_{RULE_KEYS[label]}", evidence=evidence, sensitivity=others,
+                   id_trust=flag(run, LLID) if label == "LLID" else None,
+                   figure="Brown D" if label == "LLID" else figure)
     sparsity = run["sparsity/relu1"].to_numpy()
     plateau = float(run[STEP].to_numpy()[np.argmax(sparsity >= sparsity.min() + 0.95 * np.ptp(sparsity))])
     claims.add(f"sparsity (relu1) plateaus before the grok step ({stats['variant']})",
                "plateaus just before grokking",
                f"reaches 95% of its rise at step {plateau:.0f} (train ≥ {saturated:g} at "
                f"{stats['saturation_step']:.0f}, grok step {stats['grok_step']:.0f}); {dataset}",
-               bool(plateau < stats["grok_step"]) if np.isfinite(stats["grok_step"]) else None, figure=figure)
+               rule=f"golechha_{n}_sparsity_plateau", figure=figure,
+               evidence=threshold_evidence({seed: plateau - stats["grok_step"]}, 0)
+               if np.isfinite(stats["grok_step"]) else not_testable("threshold", "no grok step"))
 name = first_run("dropout")
 if name is not None:
     stats = summary.loc[name]
@@ -252,18 +283,17 @@ if name is not None:
     measurable = bool(stats["steps_after_saturation"] >= delay_threshold)
     gain = stats["final_val_acc"] - stats["val_acc_at_saturation"]
     if not measurable:
-        ours, agrees = (f"train reaches {saturated:g} at step {stats['saturation_step']:.0f}, "
+        ours, evidence = (f"train reaches {saturated:g} at step {stats['saturation_step']:.0f}, "
                         f"{stats['steps_after_saturation']:.0f} steps before the end: a delay of {delay_threshold:g} "
-                        f"steps could not show ({dataset})"), None
-    elif not stats["grokked"]:  # nothing left to generalize after saturation: the midpoint of a flat curve is noise
-        ours, agrees = (f"validation accuracy gains {gain:+.2f} after train ≥ {saturated:g} at step "
-                        f"{stats['saturation_step']:.0f} ({stats['val_acc_at_saturation']:.2f} → "
-                        f"{stats['final_val_acc']:.2f}, less than {min_gain:g}): no delayed generalization; "
-                        f"{dataset}"), True
+                        f"steps could not show ({dataset})"), not_testable("threshold",
+                                                                           "too few steps after saturation")
     else:
-        ours, agrees = describe(stats), bool(stats["delay_steps"] < delay_threshold)
+        ours = (f"validation accuracy gains {gain:+.2f} after train ≥ {saturated:g} at step "
+                f"{stats['saturation_step']:.0f} ({stats['val_acc_at_saturation']:.2f} → {stats['final_val_acc']:.2f}"
+                f"; no delayed generalization below {min_gain:g}); {dataset}")
+        evidence = threshold_evidence({int(config.loc[name, "seed"]): gain}, min_gain)
     claims.add("with dropout the delay vanishes", "no delayed generalization, no overfitting phase "
-               "(dropout 0.3)", ours + gaps, agrees, figure="Golechha 3")
+               "(dropout 0.3)", ours + gaps, rule="golechha_3_dropout", evidence=evidence, figure="Golechha 3")
 
 metrics = {"dataset": dataset, "n_runs": int(len(summary)), "n_unfinished": n_unfinished,
            "delay_threshold": delay_threshold, "co_occurrence_evaluations": co_occurrence_evaluations,
@@ -275,4 +305,4 @@ metrics = {"dataset": dataset, "n_runs": int(len(summary)), "n_unfinished": n_un
                            "lags": lags[name]} for name in order},
            "claims": claims.rows}
 write_json(out / "metrics.json", metrics)
-pd.DataFrame(claims.rows)[["figure", "claim", "ours", "agrees"]]
+pd.DataFrame(claims.rows)[["figure", "claim", "ours", "rule"]]

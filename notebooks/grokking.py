@@ -57,16 +57,20 @@ from matplotlib.lines import Line2D
 
 from actid import plotting
 from actid.analysis.grokking import grokking_summary
+from actid.analysis.stats import id_error
+from actid.calibration import flag
 from actid.claims import Claims, profile_label
 from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import STEP
 from actid.schema import acc as accuracy_of
+from actid.verdicts import sensitivity, timing_evidence
 
 VAL_ACC, TRAIN_ACC = accuracy_of("val"), accuracy_of("train")
 plotting.use_style()
 id_label = {"llid": "LLID", "pid": "PID"}.get(id_column, id_column)
+train_column = f"id_train/{id_column}" if id_column in ("llid", "pid") else id_column.replace("id/", "id_train/", 1)
 
 # %%
 runs = load_runs(resolve(runs_dir))
@@ -98,6 +102,10 @@ for (frac, wd), panel in summary.groupby(["train_fraction", "weight_decay"]):
         run = runs[runs["run"] == name].sort_values(STEP)
         ls = style_of_seed[stats["seed"]]
         ax.plot(run[STEP], run[id_column], color=id_color, ls=ls, lw=1.4)
+        err = id_error(run, id_column)  # TwoNN's resampling error: a band of ± one error
+        ax.fill_between(run[STEP], run[id_column] - err, run[id_column] + err, color=id_color, alpha=0.2, lw=0)
+        if train_column in run:  # the same ID on training examples: does it drop without generalizing?
+            ax.plot(run[STEP], run[train_column], color=plotting.COLORS["id_train"], ls=ls, lw=1.1)
         acc_ax.plot(run[STEP], run[VAL_ACC], color=acc_color, ls=ls, lw=1.4)
         acc_ax.plot(run[STEP], run[TRAIN_ACC], color=plotting.COLORS["train_acc"], ls=ls, lw=0.8)
         if stats["grokked"]:
@@ -121,7 +129,9 @@ for ax in axes[:, 0]:
     ax.set_ylabel(f"validation {id_label}", color=id_color)
 for ax in axes[:, -1]:
     twins[ax].set_ylabel("accuracy", color=acc_color)
-handles = [Line2D([], [], color=id_color, label=f"validation {id_label} (left axis)"),
+handles = [Line2D([], [], color=id_color, label=f"validation {id_label} (left axis; band: ± TwoNN resampling error)"),
+           *([Line2D([], [], color=plotting.COLORS["id_train"], lw=1.1, label=f"training-set {id_label} (left axis)")]
+             if train_column in runs else []),
            Line2D([], [], color=acc_color, label="validation accuracy (right axis)"),
            Line2D([], [], color=plotting.COLORS["train_acc"], lw=0.8, label="train accuracy (right axis)"),
            Line2D([], [], marker="^", color=acc_color, mec="black", ls="none", ms=8,
@@ -150,17 +160,48 @@ metrics = {
     "median_lag_steps": float(np.median(lags)) if len(lags) else None,  # grokking runs with an LLID drop
     "median_abs_lag_steps": float(np.median(np.abs(lags))) if len(lags) else None,
     "runs": {name: {k: v for k, v in row.items()
-                    if k in ("grok_step", f"{id_column}_drop_step", "lag_steps", "co_occurs", "final_val_acc")}
+                    if k in ("grok_step", f"{id_column}_drop_step", "lag_steps", "co_occurs", "co_occurrence_chance",
+                             f"{id_column}_change_after_memorization", "final_val_acc")}
              for name, row in summary.iterrows()},
 }
 claims = Claims("D", profile_label(runs))
+# the evidence: which grokking runs' drop co-occurs, against the chance of it under uniform timing (a null)
+timed = grokked[np.isfinite(grokked["co_occurrence_chance"].astype(float))]
+evidence = timing_evidence(dict(timed["co_occurs"]), dict(timed["co_occurrence_chance"].astype(float)),
+                           seeds=int(runs["seed"].nunique()))
+change = f"{id_column}_change_after_memorization"
+never = summary[~summary["grokked"].astype(bool)]
+control = (f"; control: the smoothed {id_label} changes by a median {grokked[change].astype(float).median():+.0%} "
+           f"after memorization in the {len(grokked)} grokking runs and {never[change].astype(float).median():+.0%} "
+           f"in the {len(never)} that never grok" if len(never) and len(grokked) else "")
+if train_column in runs and len(grokked):  # the training-set ID over the same window, in the grokking runs
+    train_change = np.median([grokking_summary(run, grok_threshold, id_column=train_column)[
+        f"{train_column}_change_after_memorization"] for name, run in runs.groupby("run") if name in grokked.index])
+    control += f"; training-set {id_label} {train_change:+.0%} in the grokking runs"
+metrics["negative_control"] = {"grokking_median_change": float(grokked[change].astype(float).median()),
+                               "non_grokking_median_change": float(never[change].astype(float).median()),
+                               "n_non_grokking": int(len(never))} if len(never) and len(grokked) else None
+
+
+def timing_with(column: str):
+    """The co-occurrence evidence with the ID in ``column`` (another estimator's), over the same grokking runs."""
+    stats = {name: grokking_summary(run, grok_threshold, id_column=column,
+                                    co_occurrence_intervals=co_occurrence_intervals)
+             for name, run in runs.groupby("run") if name in set(timed.index)}
+    return timing_evidence({n: s["co_occurs"] for n, s in stats.items()},
+                           {n: s["co_occurrence_chance"] for n, s in stats.items()}, seeds=int(runs["seed"].nunique()))
+
+
 claims.add(
     f"the validation {id_label} drops when the model groks", "drop at the accuracy jump (read from the figure)",
-    f"{n_co} of {n_grokked} grokking runs: steepest drop within {co_occurrence_intervals:g} evaluations of the "
-    f"{grok_threshold:.0%} crossing (median lag {metrics['median_lag_steps']:+.0f} steps over the {len(lags)} "
-    f"with an {id_label} drop after memorization)" if len(lags) else
-    f"{n_grokked} grokking runs, none with an {id_label} drop after memorization" if n_grokked else "no run groks",
-    bool(n_co > n_grokked / 2) if n_grokked else None)
+    (f"{n_co} of {n_grokked} grokking runs: steepest drop within {co_occurrence_intervals:g} evaluations of the "
+     f"{grok_threshold:.0%} crossing (median lag {metrics['median_lag_steps']:+.0f} steps over the {len(lags)} "
+     f"with an {id_label} drop after memorization)" if len(lags) else
+     f"{n_grokked} grokking runs, none with an {id_label} drop after memorization" if n_grokked else "no run groks")
+    + control,
+    rule="brown_d", evidence=evidence,
+    sensitivity=sensitivity(lambda c: timing_with(c[id_column]), runs.columns, [id_column]),
+    id_trust=flag(runs[runs["run"].isin(timed.index)], id_column))
 metrics["claims"] = claims.rows
 write_json(out / "metrics.json", metrics)
 print({k: v for k, v in metrics.items() if k != "runs"})

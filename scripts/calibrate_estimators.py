@@ -12,9 +12,10 @@ own d (or d + 1) coordinates. Outputs (``--out``, default docs/calibration/):
 
 * ``calibration.csv``: every fit (kind, d, n, seed, estimator, estimate, estimate / d);
 * ``calibration.png``: estimate / d against d, one panel per estimator and kind, one line per n (mean over seeds);
-* ``ranges.json``: per estimator and n, up to which d every kind and seed is within ``TOLERANCE`` of the truth,
+* ``actid/calibration_ranges.json`` (``--ranges``; shipped with the package): per estimator and n,
+  up to which d every kind and seed is within ``TOLERANCE`` of the truth,
   below which estimate that holds, and above which estimate the data may lie beyond the grid (:func:`ranges`);
-  :func:`trust` reads an estimate against it.
+  :func:`actid.calibration.trust` reads an estimate against it.
 
     python scripts/calibrate_estimators.py [--out docs/calibration] [--seeds 3]
 """
@@ -31,6 +32,7 @@ import pandas as pd
 import torch
 
 import actid
+from actid.calibration import RANGES
 
 DIMS = [2, 5, 10, 20, 50, 100, 200]
 SIZES = [500, 1000, 2000, 5000, 10000]
@@ -86,19 +88,6 @@ def ranges(table: pd.DataFrame, tolerance: float = TOLERANCE) -> dict:
     return out
 
 
-def trust(estimate: float, n: int, estimator: str = "twonn", calibrated: dict | None = None) -> str:
-    """``"accurate"``, ``"biased"`` (inside the calibrated range, but where the estimators underestimate: compare
-    estimates, do not read them as dimensions) or ``"outside"`` (beyond the calibrated range) for an ID ``estimate``
-    from ``n`` points, by the row of the largest calibrated n not above ``n`` (below the smallest n: outside)."""
-    calibrated = calibrated or json.loads((ROOT / "docs" / "calibration" / "ranges.json").read_text())["ranges"]
-    below = [s for s in sorted(int(k) for k in calibrated[estimator]) if s <= n]
-    if not below:
-        return "outside"
-    row = calibrated[estimator][str(below[-1])]
-    return ("accurate" if estimate < row["accurate_below"] else "biased" if estimate < row["calibrated_below"]
-            else "outside")
-
-
 def plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -132,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "calibration")
     parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--ranges", type=Path, default=RANGES, help="where the ranges go (read by actid.calibration)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows, started = [], time.perf_counter()
@@ -144,7 +134,7 @@ def main() -> None:
     calibrated = ranges(table)
     record = {"tolerance": TOLERANCE, "seeds": args.seeds, "dims": DIMS, "sizes": SIZES, "kinds": KINDS,
               "estimators": {"twonn": "TwoNN()", "mle": "MLE(k=20)", "gride": "GRIDE()"}, "ranges": calibrated}
-    (args.out / "ranges.json").write_text(json.dumps(record, indent=1) + "\n")
+    args.ranges.write_text(json.dumps(record, indent=1) + "\n")
     plot(table, args.out / "calibration.png")
     print(f"{len(cells)} searches in {time.perf_counter() - started:.0f} s; {args.out}")
     for name, by_n in calibrated.items():

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import calibrate_estimators as calibration  # noqa: E402
 
+from actid.calibration import RANGES, trust, worst  # noqa: E402
+
 TABLE = ROOT / "docs" / "calibration" / "calibration.csv"
 
 
@@ -23,14 +25,14 @@ def test_committed_fits_are_reproduced(cell):
 
 
 def test_ranges_follow_from_the_table_and_trust_reads_them():
-    record = json.loads((ROOT / "docs" / "calibration" / "ranges.json").read_text())
+    record = json.loads(RANGES.read_text())
     assert record["ranges"] == calibration.ranges(pd.read_csv(TABLE), record["tolerance"])
     twonn_1000 = record["ranges"]["twonn"]["1000"]
     assert twonn_1000["accurate_up_to"] == 5 and 60 < twonn_1000["calibrated_below"] < 80
-    assert calibration.trust(4.0, 1000) == "accurate"
-    assert calibration.trust(30.0, 1500) == "biased"
-    assert calibration.trust(190.0, 1000) == "outside"  # the memorization runs' hidden-layer ID
-    assert calibration.trust(3.0, 100) == "outside"  # fewer points than any calibrated n
+    assert trust(4.0, 1000) == "accurate"
+    assert trust(30.0, 1500) == "biased"
+    assert trust(190.0, 1000) == "outside"  # the memorization runs' hidden-layer ID
+    assert trust(3.0, 100) == "outside"  # fewer points than any calibrated n
 
 
 def test_the_data_have_the_stated_dimension():
@@ -40,3 +42,17 @@ def test_the_data_have_the_stated_dimension():
     assert cube.shape == (500, 4) and 0 <= cube.min() and cube.max() <= 1
     with pytest.raises(ValueError, match="unknown kind"):
         calibration.sample("torus", 2, 10, 0)
+    assert worst(["accurate", None, "outside", "biased"]) == "outside" and worst([None]) is None
+
+
+def test_flag_reads_each_id_with_the_points_of_its_layer():
+    import pandas as pd
+    from actid.calibration import flag
+    rows = pd.DataFrame({"id/a": [4.0, 30.0], "id/b": [3.0, 150.0], "id_points/a": [1000, 1000],
+                         "id_points/b": [1000, 400], "llid": [3.0, 150.0], "pid": [4.0, 150.0],
+                         "id_mle/a": [4.2, 28.0], "id_mle/b": [3.1, 20.0], "id_mle/llid": [3.1, 20.0]})
+    assert flag(rows.iloc[:1], "llid") == "accurate"
+    assert flag(rows, "id/a") == "biased"
+    assert flag(rows, "llid") == "outside"  # 150 from 400 points: fewer than any calibrated n
+    assert flag(rows, "id_mle/llid", "mle") == "outside"  # the second row's layer b has 400 points
+    assert flag(rows.drop(columns=["id_points/a", "id_points/b"]), "llid") is None

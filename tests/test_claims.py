@@ -1,41 +1,93 @@
-"""The paper-claims table: rows from the figures' metrics, agreement rules, errors for a wrong file."""
+"""The claims table: verdicts under the registered rules, Holm within a study, errors for a wrong file or rule."""
 
 import json
 
+import numpy as np
 import pytest
+import yaml
 
-from actid.claims import claim, correlation_agrees, main
-
-
-def test_agreement_needs_the_paper_sign_and_significance():
-    assert correlation_agrees(-0.9, 0.001, -1) is True
-    assert correlation_agrees(-0.9, 0.2, -1) is False  # right sign, not significant
-    assert correlation_agrees(0.9, 0.001, -1) is False
-    assert correlation_agrees(float("nan"), float("nan"), 1) is None
+from actid import claim_rules
+from actid.claims import claim, main
+from actid.verdicts import correlation_evidence, threshold_evidence
 
 
-def test_table_collects_claims_in_file_order(tmp_path):
+def rule(study, test="correlation", **keys):
+    base = {"correlation": {"direction": -1, "paper_effect": 0.8},
+            "threshold": {"direction": "below", "threshold": 0.9}}[test]
+    r = {"study": study, "statistic": "s", "test": test, **base, **keys, "fixed": "2026-12-07", "version": 1,
+         "amendments": []}
+    return {**r, "digest": claim_rules.digest(r)}
+
+
+@pytest.fixture
+def registry(tmp_path):
+    rules = {"a1": rule("one"), "a2": rule("one"), "b1": rule("two"), "c": rule("two", "threshold")}
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    return path
+
+
+def evidence(p_target):
+    """Correlation evidence over 8 runs with a negative r whose p lies near ``p_target``."""
+    x = np.arange(8.0)
+    for noise in np.linspace(0, 20, 2000):
+        e = correlation_evidence(x, -x + noise * np.sin(3.1 * x))
+        if e.p >= p_target:
+            return e
+    raise AssertionError
+
+
+def test_table_judges_each_claim_with_holm_inside_its_study_only(tmp_path, registry):
+    e, strong = evidence(0.03), evidence(0.001)
     a = tmp_path / "a.json"
+    a.write_text(json.dumps({"claims": [claim("A", "x lowers y", "r = -0.9", "r", rule="a1", evidence=e,
+                                              profile="default"),
+                                        claim("A", "x lowers z", "r = -0.9", "r", rule="a2", evidence=e,
+                                              profile="default")]}))
     b = tmp_path / "b.json"
-    a.write_text(json.dumps({"r": 1, "claims": [claim("A", "x lowers y", "r = -0.9", "r = -0.5", False, "default")]}))
-    b.write_text(json.dumps({"claims": [claim("D", "z drops", "drop", "3 of 4", True, "paper"),
-                                        claim("D", "w", "v", "n/a", None, None)]}))
-    main([str(a), str(b), "-o", str(tmp_path / "claims.md")])
+    reverse = correlation_evidence(np.arange(8.0), np.arange(8.0) + 0.1 * np.sin(np.arange(8.0)))
+    b.write_text(json.dumps({"claims": [claim("B", "u lowers v", "r = -0.9", "r", rule="b1", evidence=strong,
+                                              profile="default", sensitivity={"mle": strong, "gride": reverse},
+                                              id_trust="biased")]}))
+    main([str(a), str(b), "-o", str(tmp_path / "claims.md"), "--rules", str(registry)])
     lines = (tmp_path / "claims.md").read_text().splitlines()
-    assert lines[1].startswith("| figure | claim")
-    assert lines[3:] == ["| A | x lowers y | r = -0.9 | r = -0.5 | default | **no** |",
-                         "| D | z drops | drop | 3 of 4 | paper | yes |",
-                         "| D | w | v | n/a | ? | n/a |"]
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| figure")]
+    assert len(rows) == 3
+    # study "one" has two p-values of 0.03: Holm doubles the smaller -> 0.06 (a family of three would make it 0.09)
+    assert "| 0.03 (0.06) |" in rows[0] and "| 0.03 (0.06) |" in rows[1]
+    assert rows[0].endswith("| a1 v1 | default | inconclusive: a correlation of the paper's size (0.8) needs n = 10 "
+                            "at 80% power; this test had n = 8 | – | – |")
+    # the other estimators' evidence is judged by the same rule; the calibration flag is shown
+    assert rows[2].endswith("| b1 v1 | default | agrees | agrees / contradicts | biased |")
+    assert "default: 1 agrees, 2 inconclusive" in lines[1]
 
 
-def test_a_metrics_file_without_claims_is_refused(tmp_path):
+def test_unfinished_runs_withhold_the_verdict(tmp_path, registry):
+    e = evidence(0.001)
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"claims": [claim("A", "x", "p", "r", rule="b1", evidence=e, profile="default",
+                                              n_unfinished=2)]}))
+    main([str(a), "-o", str(tmp_path / "claims.md"), "--rules", str(registry)])
+    assert "| inconclusive: 2 run(s) unfinished |" in (tmp_path / "claims.md").read_text()
+
+
+def test_a_metrics_file_without_claims_or_evidence_is_refused(tmp_path, registry):
     (tmp_path / "m.json").write_text("{}")
     with pytest.raises(SystemExit, match="no 'claims' list"):
-        main([str(tmp_path / "m.json"), "-o", str(tmp_path / "claims.md")])
+        main([str(tmp_path / "m.json"), "-o", str(tmp_path / "claims.md"), "--rules", str(registry)])
+    (tmp_path / "m.json").write_text(json.dumps({"claims": [{"figure": "A", "agrees": True}]}))
+    with pytest.raises(SystemExit, match="a claim without evidence"):
+        main([str(tmp_path / "m.json"), "-o", str(tmp_path / "claims.md"), "--rules", str(registry)])
     assert not (tmp_path / "claims.md").exists()
 
 
-def test_claims_of_unfinished_runs_get_no_verdict():
-    row = claim("X", "text", "paper", "r = 0.9", True, "default", n_unfinished=2)
-    assert row["agrees"] is None and row["ours"] == "r = 0.9 [2 run(s) unfinished: no verdict]"
-    assert claim("X", "text", "paper", "r = 0.9", True, "default")["agrees"] is True
+def test_an_unregistered_rule_or_a_changed_threshold_is_refused(tmp_path, registry):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"claims": [claim("A", "x", "p", "r", rule="nope", evidence=evidence(0.01),
+                                                 profile="default")]}))
+    with pytest.raises(SystemExit, match="register it there before the runs"):
+        main([str(path), "-o", str(tmp_path / "claims.md"), "--rules", str(registry)])
+    path.write_text(json.dumps({"claims": [claim("C", "x", "p", "r", rule="c", profile="default",
+                                                 evidence=threshold_evidence({0: 0.5}, 0.8))]}))
+    with pytest.raises(SystemExit, match="fixes the threshold 0.9 but the notebook used 0.8"):
+        main([str(path), "-o", str(tmp_path / "claims.md"), "--rules", str(registry)])

@@ -10,6 +10,7 @@ import yaml
 from torch import nn
 
 from actid.claims import Claims, profile_label
+from actid.verdicts import threshold_evidence
 from actid.config import check_keys, flat_config, pick, steps_per_epoch
 from actid.experiments import (REGISTRY, Experiment, geometry, grokking, memorization, mnist_grokking, register,
                                regularization)
@@ -75,7 +76,8 @@ def test_a_new_experiment_is_one_module_one_registry_entry_and_a_params_section(
     for name, run in runs.groupby("run"):  # the finish hook ran after training, in the run directory
         assert (tmp_path / "runs" / name / "best.txt").read_text() == f"{run['val_acc'].max()} of 64\n"
     claims = Claims("toy", profile_label(runs))
-    claims.add("it learns", "-", f"{runs['val_acc'].max():.2f}", bool(runs["val_acc"].max() > 0.5))
+    claims.add("it learns", "-", f"{runs['val_acc'].max():.2f}", rule="toy",
+               evidence=threshold_evidence({0: runs["val_acc"].max()}, 0.5))
     assert claims.rows[0]["profile"] == "tiny" and claims.rows[0]["figure"] == "toy"
 
     # a finished run is not trained again; one that lacks a product gets it, its rows untouched

@@ -47,7 +47,7 @@ def test_every_parameter_of_every_measure_lands_in_config_json(tracked):
     for name, params in recorded["measures"].items():
         cls = REGISTRY[params["kind"]]
         fields = {f.name for f in dataclasses.fields(cls) if f.name != "name"}
-        assert set(params) == fields | {"kind"}, name
+        assert set(params) == (fields | {"kind"}) - ({"also"} - set(params)), name  # also: only when set
         assert build_measure(name, params).params() == params  # config.json rebuilds the same measure
     assert recorded["measures"]["id"]["options"] == {"discard_fraction": 0.1, "n_resamples": 3,
                                                      "subsample_fraction": 0.9, "seed": 0, "resample_neighbors": 16}
@@ -122,6 +122,30 @@ def test_the_skdim_adapter_returns_skdims_own_number():
     expected = skdim.id.MLE(K=10).fit(X.double().numpy()).dimension_
     assert ours(ev)["id/x"] == pytest.approx(expected, rel=1e-12)
     assert ours.params()["options"]["K"] == 10 and "neighborhood_based" in ours.params()["options"]
+
+
+def test_mle_and_gride_beside_twonn_share_its_search_and_equal_the_estimators_alone():
+    from actid.estimators import GRIDE, MLE, TwoNN
+    torch.manual_seed(0)
+    acts = {"a": torch.randn(600, 4) @ torch.randn(4, 20), "b": torch.randn(600, 7) @ torch.randn(7, 30)}
+    ev = actid.measures.Evaluation(model=nn.Identity(), step=0, probes={}, activations={"p": acts},
+                                   llid_layer="b")
+    options = {"n_resamples": 5, "subsample_fraction": 0.9, "seed": 3}
+    plain = IntrinsicDimension(probe="p", layers=["a", "b"], options=options)(ev)
+    row = IntrinsicDimension(probe="p", layers=["a", "b"], options=options, also=["mle", "gride"])(ev)
+    for layer, X in acts.items():
+        assert row[f"id/{layer}"] == plain[f"id/{layer}"] == TwoNN(**options).fit(X).dimension_
+        assert row[f"id_mle/{layer}"] == pytest.approx(MLE().fit(X).dimension_, rel=1e-12)
+        assert row[f"id_gride/{layer}"] == pytest.approx(GRIDE().fit(X).dimension_, rel=1e-12)
+        assert row[f"id_points/{layer}"] == TwoNN(**options).fit(X).n_used_
+    assert row["llid"] == row["id/b"] and row["id_mle/llid"] == row["id_mle/b"]
+    assert row["id_gride/pid"] == max(row["id_gride/a"], row["id_gride/b"])
+    assert "also" not in IntrinsicDimension(probe="p").params()  # older runs keep their identity
+    assert IntrinsicDimension(probe="p", also=["mle"]).params()["also"] == ["mle"]
+    with pytest.raises(ValueError, match="also must be a list of one of"):
+        IntrinsicDimension(probe="p", also=["bogus"])
+    with pytest.raises(ValueError, match="needs an actid estimator other than 'mle'"):
+        IntrinsicDimension(probe="p", estimator="mle", also=["mle"])
 
 
 def test_tracker_rows_load_like_sweep_rows(tmp_path):

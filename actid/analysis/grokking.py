@@ -24,6 +24,10 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
         there, or too few evaluations follow (e.g. a run still in progress).
     lag_steps: <id>_drop_step - grok_step (negative: the ID drops first; NaN if either is NaN).
     co_occurs: |lag_steps| <= ``co_occurrence_intervals`` evaluation intervals (median step spacing).
+    co_occurrence_chance: the probability of ``co_occurs`` if the drop's position were uniform over the evaluations
+        it was searched among (the null of :func:`actid.verdicts.timing_evidence`; NaN without a grok step).
+    <id>_change_after_memorization: relative change of the smoothed ID over that window (last / first - 1): the
+        negative control compares it between runs that grok and runs that do not.
     """
     run = run.sort_values(STEP)
     steps = run[STEP].to_numpy(float)
@@ -35,6 +39,11 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
     drop_step, drop_rate = steepest_drop(steps[after], smooth[after])
     interval = float(np.median(np.diff(steps))) if len(steps) > 1 else float("nan")
     lag = drop_step - grok
+    candidates, window = steps[after][1:], smooth[after]  # where a steepest interval can end
+    tolerance = co_occurrence_intervals * interval
+    chance = (float(np.mean(np.abs(candidates - grok) <= tolerance)) if len(candidates) and np.isfinite(grok)
+              else float("nan"))
+    change = float(window[-1] / window[0] - 1) if len(window) >= 2 else float("nan")
     return {
         "memorization_step": memorization,
         "grok_step": grok,
@@ -44,7 +53,9 @@ def grokking_summary(run: pd.DataFrame, grok_threshold: float = 0.5, memorized: 
         f"{id_column}_drop_per_1k_steps": drop_rate,
         "lag_steps": lag,
         "eval_interval": interval,
-        "co_occurs": bool(np.isfinite(lag) and abs(lag) <= co_occurrence_intervals * interval),
+        "co_occurs": bool(np.isfinite(lag) and abs(lag) <= tolerance),
+        "co_occurrence_chance": chance,
+        f"{id_column}_change_after_memorization": change,
         f"{id_column}_start": float(run[id_column].iloc[0]),
         f"{id_column}_final": float(run[id_column].iloc[-1]),
     }

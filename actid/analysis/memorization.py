@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from actid.analysis.stats import step_weighted_mean
+from actid.analysis.stats import id_error, step_weighted_mean
 from actid.schema import LLID, STEP, acc, column
 
 GRADIENT_ALIGNMENT = {"W1": column("gradient_alignment", "fc1.weight"),
@@ -26,7 +26,8 @@ def memorization_summary(run: pd.DataFrame) -> dict:
     (W1, W2, logits) **averaged over all evaluations** (Mehta et al.'s Fig. 1b statistic, fixed before tuning;
     evaluations where it is undefined, all gradients zero, are skipped) and, beside it, averaged over training
     steps (:func:`step_weighted_mean`: log-spaced evaluations put most of the plain mean in the first epochs), the
-    final representation alignment (training probe and validation) and the final hidden-layer ID (LLID)."""
+    final representation alignment (training probe and validation) and the final hidden-layer ID (LLID) with its
+    resampling error."""
     run = run.sort_values(STEP)
     last = run.iloc[-1]
     summary = {"final_train_acc": float(last[acc("train")]), "final_val_acc": float(last[acc("val")]),
@@ -39,4 +40,5 @@ def memorization_summary(run: pd.DataFrame) -> dict:
         summary[f"step_weighted_gradient_alignment_{key}"] = step_weighted_mean(steps, values)
     for name, col in FINAL_COLUMNS.items():
         summary[name] = float(last[col]) if col in run else float("nan")
+    summary["final_llid_err"] = float(id_error(run.iloc[-1:], LLID)[0])  # TwoNN's resampling error
     return summary

@@ -36,12 +36,15 @@ def midpoint_grokking(run: pd.DataFrame, saturated: float = 0.99, min_gain: floa
     return out
 
 
-def measure_lags(run: pd.DataFrame, columns: list[str], grok: dict) -> dict[str, dict]:
+def measure_lags(run: pd.DataFrame, columns: list[str], grok: dict,
+                 tolerance_evaluations: float = 2) -> dict[str, dict]:
     """For each column: where it changes most steeply (per log-step) from the saturation step on, and the lag
     from the grok step, in steps and in evaluations (negative: the measure moves first).
 
     A steepest interval at either edge of that window (the first interval after saturation, or the last of the
-    run) only says the fastest change may lie outside it: its lag is NaN and ``at_edge`` True."""
+    run) only says the fastest change may lie outside it: its lag is NaN and ``at_edge`` True. ``chance``: the
+    probability that |lag| <= ``tolerance_evaluations`` if the steepest interval were uniform over the window's
+    inner intervals (the null of :func:`actid.verdicts.timing_evidence`)."""
     run = run.sort_values(STEP)
     steps = run[STEP].to_numpy(float)
     start = grok["saturation_step"] if np.isfinite(grok["saturation_step"]) else 0.0
@@ -53,7 +56,10 @@ def measure_lags(run: pd.DataFrame, columns: list[str], grok: dict) -> dict[str,
         defined = np.nonzero(np.isfinite(values) & (steps > 0))[0]
         at_edge = bool(index >= 0 and (index == defined[1] or index == defined[-1]))
         found = np.isfinite(step) and np.isfinite(grok["grok_step"]) and not at_edge
+        inner = defined[2:-1]  # interval ends that are not at an edge
+        chance = (float(np.mean(np.abs(inner - grok["grok_index"]) <= tolerance_evaluations))
+                  if len(inner) and np.isfinite(grok["grok_index"]) else float("nan"))
         out[column] = {"change_step": step, "rate_per_log_step": rate, "at_edge": at_edge,
                        "lag_steps": step - grok["grok_step"] if found else float("nan"),
-                       "lag_evaluations": index - grok["grok_index"] if found else float("nan")}
+                       "lag_evaluations": index - grok["grok_index"] if found else float("nan"), "chance": chance}
     return out

@@ -77,3 +77,20 @@ def steepest_log_change(steps: np.ndarray, values: np.ndarray) -> tuple[float, i
     rate = np.diff(values[index]) / np.diff(np.log(steps[index]))
     i = int(np.argmax(np.abs(rate)))
     return float(steps[index[i + 1]]), int(index[i + 1]), float(rate[i])
+
+
+def id_error(rows: pd.DataFrame, id_column: str) -> np.ndarray:
+    """The estimator's resampling error (TwoNN's ``error_``) behind each value of an ID column: ``id_err/<layer>``
+    for ``id/<layer>``; for the LLID and PID, that of the layer whose ID the value is, row by row. NaN where no
+    error was recorded (another estimator, or runs from before the error was kept)."""
+    from actid.schema import ID, ID_ERR, column, columns_of
+    out = np.full(len(rows), np.nan)
+    if id_column not in rows:
+        return out
+    values = rows[id_column].to_numpy(float)
+    for layer, id_col in columns_of(rows.columns, ID).items():
+        err_col = column(ID_ERR, layer)
+        if err_col in rows:
+            same = (rows[id_col].to_numpy(float) == values) & np.isnan(out)
+            out[same] = rows[err_col].to_numpy(float)[same]
+    return out

@@ -57,7 +57,7 @@ MODELS = {"mlp": {"datasets": VECTOR_NAMES[:2], "width": 512}, "vgg16": {"datase
 
 def default_measures(layers: list[str]) -> dict:
     """TwoNN ID of the hidden layers on the validation split, and the geometry of ``layers`` for each kind."""
-    measures = {"id": {"probe": "val", "estimator": "twonn"}}
+    measures = {"id": {"probe": "val", "estimator": "twonn", "also": ["mle", "gride"]}}
     for kind in KINDS:
         measures[kind] = {"kind": "manifold_geometry", "probe": f"manifolds_{kind}", "layers": list(layers),
                           "every": 1}

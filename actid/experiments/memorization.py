@@ -40,7 +40,8 @@ MEASURES = {
     "representation_alignment": {"probe": "train"},
     "representation_alignment_val": {"kind": "representation_alignment", "probe": "val"},
     "relative_gradient_norm": {"probe": "train"},
-    "id": {"probe": "val", "estimator": "twonn", "every": 2},  # the costliest measure: every other evaluation
+    "id": {"probe": "val", "estimator": "twonn", "every": 2,  # the costliest measure: every other evaluation
+           "also": ["mle", "gride"]},  # MLE and GRIDE from TwoNN's neighbour search
 }
 # the reference code's training set-up (TrainConfig keys); any of them can be overridden in params.yaml
 REFERENCE = dict(optimizer="sgd", lr=0.01, momentum=0.0, weight_decay=0.0, batch_size=256, eval_log_points=20,

@@ -44,7 +44,7 @@ def default_measures(depth: int = 3) -> dict:
         "relative_sparsity": {"ratio": 0.1, "probe": "train"},
         "weight_entropy": {},
         "circuit_complexity": {"layers": [f"fc{i}" for i in range(1, depth + 1)], "probe": "train"},
-        "id": {"probe": "val"},
+        "id": {"probe": "val", "also": ["mle", "gride"]},  # MLE and GRIDE from TwoNN's neighbour search
     }
 
 

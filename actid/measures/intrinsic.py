@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from actid import schema
-from actid.estimators import ESTIMATORS, TwoNN
-from actid.config import integer, mapping, param, text
+from actid.estimators import ESTIMATORS, TwoNN, fit_estimators
+from actid.config import integer, mapping, one_of, param, sequence, text
 from actid.measures.base import Evaluation, Measure, register
 
 TWONN_PAPER = {"n_resamples": 20, "subsample_fraction": 0.9}
@@ -110,24 +110,49 @@ class IntrinsicDimension(Measure):
     # the estimator's parameters; None: TWONN_PAPER for TwoNN, defaults otherwise
     options: dict | None = param(None, mapping(optional=True))
     seed: int | None = param(None, integer(0, optional=True))
+    # estimators fitted beside ``estimator`` from the same neighbour search, with their default options (columns
+    # ``<name>_<estimator>/<layer>``, ``.../llid``, ``.../pid``): how much an ID claim depends on the estimator
+    also: list[str] = param(check=sequence(one_of("twonn", "mle", "gride")), default_factory=list)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.also and (self.estimator.startswith("skdim.") or self.estimator in self.also):
+            raise ValueError(f"measure {self.name!r}: also={self.also} needs an actid estimator other than "
+                             f"{self.estimator!r} (they share its neighbour search)")
         options = dict(TWONN_PAPER if self.estimator == "twonn" else {}) if self.options is None else dict(self.options)
         if "seed" in inspect.signature(ESTIMATORS.get(self.estimator, object).__init__).parameters:
             options.setdefault("seed", self.seed)
         self.options = estimator_params(self.estimator, options)
 
+    def params(self) -> dict:
+        """Every parameter; ``also`` only when set, so runs made before it existed keep their identity."""
+        out = super().params()
+        if not self.also:
+            out.pop("also")
+        return out
+
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         acts = ev.activations[self.probe]
-        row, ids = {}, {}
+        row, ids = {}, {name: {} for name in self.also}
+        names = [f"{self.name}_{other}" for other in self.also]
         for layer in self.layer_names(ev.id_layers):
-            est = make_estimator(self.estimator, self.options).fit(acts[layer])
-            ids[layer] = est.dimension_
+            est = make_estimator(self.estimator, self.options)
+            if self.also:  # one neighbour search for all of them
+                est, *others = fit_estimators(acts[layer], [est] + [ESTIMATORS[o]() for o in self.also])
+                for other, fitted in zip(self.also, others):
+                    ids[other][layer] = fitted.dimension_
+                    row[schema.column(f"{self.name}_{other}", layer)] = fitted.dimension_
+            else:
+                est.fit(acts[layer])
+            ids.setdefault(None, {})[layer] = est.dimension_
             row[schema.column(self.name, layer)] = est.dimension_
             row[schema.column(f"{self.name}_err", layer)] = est.error_
+            if hasattr(est, "n_used_"):
+                row[schema.column(f"{self.name}_points", layer)] = est.n_used_
         named = self.name == schema.ID
-        row[schema.PID if named else schema.column(self.name, schema.PID)] = peak_id(ids)
-        if ev.llid_layer and ev.llid_layer in ids:
-            row[schema.LLID if named else schema.column(self.name, schema.LLID)] = llid(ids, ev.llid_layer)
+        for key, name in [(None, self.name)] + list(zip(self.also, names)):
+            plain = named and key is None
+            row[schema.PID if plain else schema.column(name, schema.PID)] = peak_id(ids[key])
+            if ev.llid_layer and ev.llid_layer in ids[key]:
+                row[schema.LLID if plain else schema.column(name, schema.LLID)] = llid(ids[key], ev.llid_layer)
         return row
