@@ -97,7 +97,8 @@ def verdicts(rows: list[dict], rules: dict[str, dict]) -> list[dict]:
             verdict, why = judge(rule, evidence, p_holm)
             for name, other in (row.get("sensitivity") or {}).items():  # the same rule and Holm factor
                 p = None if other.get("p") is None else min(1.0, other["p"] * factor)
-                sensitivity[name] = judge(rule, other, p)[0]
+                sensitivity[name] = "–" if other.get("untestable") and "recorded" in other["untestable"] else (
+                    judge(rule, other, p)[0])
         first = rule["amendments"][0]["verdict_then"] if rule.get("amendments") else None
         out.append({**row, "verdict": verdict, "why": why, "p_holm": p_holm, "version": rule["version"],
                     "sensitivity_verdicts": sensitivity,
@@ -140,8 +141,8 @@ def table(rows: list[dict]) -> str:
              "profile | verdict | with MLE / GRIDE IDs | IDs calibrated |", "|---" * 12 + "|"]
     for r in rows:
         e = r["evidence"]
-        p = "–" if e.get("p") is None else f"{_number(e['p'])} ({_number(r['p_holm'])})"
-        n = "–" if e.get("untestable") else f"{e['n']} {e['unit']}s, {e['seeds']} seed(s)"
+        p = "–" if e.get("p") is None else f"{e['p']:.2g} ({r['p_holm']:.2g})"
+        n = "–" if e.get("untestable") else f"{e['n']} runs, {e['seeds']} seed(s)"
         rule = f"{r['rule']} v{r['version']}" + (f" (amended; first rule: {r['first_rule_verdict']})"
                                                  if r["first_rule_verdict"] is not None else "")
         verdict = f"**{r['verdict']}**" if r["verdict"] == CONTRADICTS else r["verdict"]
@@ -149,7 +150,7 @@ def table(rows: list[dict]) -> str:
             verdict += f": {r['why']}"
         if r["counted_with"]:
             verdict += f" (near-duplicate of {r['counted_with']}'s run: not counted)"
-        others = r.get("sensitivity_verdicts") or {}
+        others = {k: v for k, v in (r.get("sensitivity_verdicts") or {}).items() if v != "–"}
         sensitivity = " / ".join(f"{others.get(k, '–')}" for k in ("mle", "gride")) if others else "–"
         if others and all(v == r["verdict"] for v in others.values()):
             sensitivity = f"holds ({sensitivity})"

@@ -140,9 +140,11 @@ def _correlation(x, y, spearman: bool) -> tuple[float, float]:
 
 def correlation_evidence(x, y, *, spearman: bool = False, units=None, seeds: int = 1) -> Evidence:
     """Pearson's r (or Spearman's ρ) of x and y with its Fisher-z interval, p, and the same with each unit left
-    out (``units``: one label per point, e.g. the seed; default: each point is its own run)."""
+    out (``units``: one label per point, e.g. the seed; with one seed, or none given, each point is its own run)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    units = np.arange(len(x)) if units is None else np.asarray(units)
+    if units is None or len(set(np.asarray(units).tolist())) < 2:  # one seed: each run is its own unit
+        units = np.arange(len(x))
+    units = np.asarray(units)
     r, p = _correlation(x, y, spearman)
     method = ("Spearman ρ, Bonett-Wright interval" if spearman else "Pearson r, Fisher z interval")
     if not np.isfinite(r):
@@ -176,7 +178,8 @@ def threshold_evidence(values_by_seed: dict, threshold: float, *, interval: tupl
         rest = [v for t, v in seeds.items() if t != s]
         loo.append({"left_out": s, "estimate": float(np.mean(rest)), "p": None,
                     "interval": list(mean_interval(rest)) if len(rest) >= 2 else None})
-    return Evidence("threshold", float(values.mean()), interval, None, n or len(values), len(values), "seed",
+    return Evidence("threshold", float(values.mean()), interval, None, n or len(values), len(values),
+                    "run" if n else "seed",
                     method or ("one run, no interval" if len(values) == 1 else ""), threshold=float(threshold),
                     leave_one_out=loo)
 

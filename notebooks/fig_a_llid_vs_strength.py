@@ -88,9 +88,11 @@ for ax, (dataset, reg) in zip(axes[0], panels):
                                    "sign_agrees_with_paper": sign_agrees}
     claims.add(f"{plotting.LABELS[reg].removesuffix(' p')} lowers the validation LLID", PAPER_TEXT[reg],
                f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})", rule=f"brown_a_{reg}",
-               evidence=correlation_evidence(runs["strength"], runs[LLID], seeds=runs["seed"].nunique()),
-               sensitivity=sensitivity(lambda c: correlation_evidence(runs["strength"], runs[c[LLID]]), runs.columns,
-                                       [LLID]), id_trust=flag(runs, LLID))
+               evidence=correlation_evidence(runs["strength"], runs[LLID], units=runs["seed"],
+                                                 seeds=runs["seed"].nunique()),
+               sensitivity=sensitivity(
+                   lambda c: correlation_evidence(runs["strength"], runs[c[LLID]], units=runs["seed"]), runs.columns,
+                   [LLID]), id_trust=flag(runs, LLID))
     color, marker = plotting.COLORS[reg], plotting.MARKERS[reg]
     if n >= 3:
         sns.regplot(x=runs["strength"].to_numpy(), y=runs[LLID].to_numpy(), ax=ax, scatter=False, color=color,

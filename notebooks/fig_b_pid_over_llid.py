@@ -56,14 +56,14 @@ from matplotlib.lines import Line2D
 
 from actid import plotting
 from actid.analysis.regularization import final_rows, over_regularization_threshold
-from actid.analysis.stats import pearson
+from actid.analysis.stats import examples_behind, id_error, pearson
 from actid.calibration import flag, worst
 from actid.claims import Claims, profile_label
 from actid.io import write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
-from actid.verdicts import correlation_evidence, sensitivity
+from actid.verdicts import correlation_evidence, sensitivity, wilson_interval
 
 VAL_ACC = acc("val")
 PAPER_R = {"cifar100": 0.92, "cifar10": 0.96}
@@ -103,13 +103,23 @@ for ax, dataset in zip(axes[0], datasets):
     claims.add("a higher PID/LLID goes with higher validation accuracy (runs not over-regularized)",
                "r = 0.92 (CIFAR-100), 0.96 (CIFAR-10)", f"r = {r:.2f}, p = {p:.2g}, n = {n} ({dataset})",
                rule="brown_b",
-               evidence=correlation_evidence(kept["pid_over_llid"], kept[VAL_ACC], seeds=kept["seed"].nunique()),
-               sensitivity=sensitivity(lambda c: correlation_evidence(kept[c[PID]] / kept[c[LLID]], kept[VAL_ACC]),
+               evidence=correlation_evidence(kept["pid_over_llid"], kept[VAL_ACC], units=kept["seed"],
+                                             seeds=kept["seed"].nunique()),
+               sensitivity=sensitivity(lambda c: correlation_evidence(kept[c[PID]] / kept[c[LLID]], kept[VAL_ACC],
+                                                                  units=kept["seed"]),
                                        kept.columns, [PID, LLID]), id_trust=worst([flag(kept, PID), flag(kept, LLID)]))
     if n >= 3:
         sns.regplot(x=kept["pid_over_llid"].to_numpy(), y=kept[VAL_ACC].to_numpy(), ax=ax, scatter=False,
                     color="0.35", ci=95, n_boot=1000, seed=0, line_kws={"lw": 1.2})
     for reg, runs in kept.groupby("regularizer"):
+        ratio_err = runs["pid_over_llid"] * np.hypot(id_error(runs, PID) / runs[PID], id_error(runs, LLID) / runs[LLID])
+        n_val = examples_behind(final[VAL_ACC])  # accuracies are k / n: Wilson intervals need n
+        yerr = None
+        if n_val:
+            bounds = np.array([wilson_interval(round(a * n_val), n_val) for a in runs[VAL_ACC]])
+            yerr = np.abs(bounds.T - runs[VAL_ACC].to_numpy())
+        ax.errorbar(runs["pid_over_llid"], runs[VAL_ACC], xerr=ratio_err, yerr=yerr, fmt="none", ecolor="0.5", lw=0.8,
+                    zorder=2)
         ax.scatter(runs["pid_over_llid"], runs[VAL_ACC], c=runs["strength"], cmap=plotting.strength_cmap(reg),
                    norm=norms[reg], marker=plotting.MARKERS[reg], s=60, edgecolor="black", linewidth=0.5, zorder=3)
     unfinished = kept[~kept["finished"]]
@@ -121,7 +131,12 @@ for reg in norms:  # horizontal colour bars under the panels, one per regularize
     mappable = plt.cm.ScalarMappable(norm=norms[reg], cmap=plotting.strength_cmap(reg))
     fig.colorbar(mappable, ax=axes.ravel().tolist(), orientation="horizontal", location="bottom", shrink=0.6,
                  aspect=40, pad=0.02, label=f"{plotting.LABELS[reg]} ({'o' if reg == 'weight_decay' else 'x'} markers)")
-handles = [Line2D([], [], color="0.35", lw=1.2, label="least-squares line, 95% bootstrap band")]
+handles = [Line2D([], [], color="0.35", lw=1.2, label="least-squares line, 95% bootstrap band"),
+           Line2D([], [], color="0.5", lw=0.8, marker="_", ms=10,
+                  label="± TwoNN resampling error of PID / LLID (propagated)"),
+           Line2D([], [], color="0.5", lw=0.8, marker="|", ms=10,
+                  label=f"95% Wilson interval of the accuracy (n = {examples_behind(final[VAL_ACC])} validation "
+                        "examples, read off the accuracies)")]
 if not kept_all["finished"].all():
     handles.append(plotting.unfinished_handle())
 plotting.legend_below(fig, handles)

@@ -53,6 +53,7 @@ from matplotlib.lines import Line2D
 
 from actid import plotting
 from actid.analysis.regularization import final_rows, over_regularization_threshold
+from actid.analysis.stats import id_error
 from actid.calibration import flag
 from actid.claims import Claims, profile_label
 from actid.io import write_json
@@ -113,6 +114,7 @@ for row, dataset in zip(axes, datasets):
                 if over.any() else not_testable("threshold", "no run beyond the threshold"), runs.columns, [PID]),
             id_trust=flag(runs, PID))
         ax.axvline(threshold, color=plotting.COLORS["threshold"], lw=1.4, zorder=1)
+        ax.errorbar(runs["strength"], runs[PID], yerr=id_error(runs, PID), fmt="none", ecolor="0.4", lw=0.9, zorder=2)
         ax.scatter(runs["strength"], runs[PID], c=runs[VAL_ACC], cmap="viridis", norm=accuracy_norm,
                    edgecolor="black", linewidth=0.4, marker=plotting.MARKERS[reg], s=60, zorder=3)
         unfinished = runs[~runs["finished"]]
@@ -127,7 +129,8 @@ for row, dataset in zip(axes, datasets):
 fig.colorbar(plt.cm.ScalarMappable(norm=accuracy_norm, cmap="viridis"), ax=axes.ravel().tolist(),
              label="validation accuracy", shrink=0.9)
 handles = [Line2D([], [], color=plotting.COLORS["threshold"], lw=1.4,
-                  label=f"over-regularization threshold: strongest setting within {tolerance:g} of the best accuracy")]
+                  label=f"over-regularization threshold: strongest setting within {tolerance:g} of the best accuracy"),
+           Line2D([], [], color="0.4", lw=0.9, marker="|", ms=10, label="± TwoNN resampling error of the PID")]
 if not final["finished"].all():
     handles.append(plotting.unfinished_handle())
 plotting.legend_below(fig, handles, ncol=1)

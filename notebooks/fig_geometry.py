@@ -50,7 +50,7 @@ out_dir = None  # None: build/figures/geometry (scratch); the DVC stage passes f
 min_drop = 0.1  # memorization: final test accuracy at least this far below its peak
 min_fit = 0.95  # memorization: final accuracy on the permuted examples (their training labels) at least this
 min_gain = 0.05  # a layer "rises most" / a rewinding "restores" when it beats the alternative / the final model by this
-permuted_fraction = 0.5  # the run to show (its permuted_fraction; seed: the first in name order)
+permuted_fraction = 0.5  # the runs to use (their permuted_fraction); the figures show the first seed's run
 
 # %%
 import matplotlib.pyplot as plt
@@ -168,42 +168,80 @@ if snapshots:
 # ## Claims and metrics
 
 # %%
-claims = Claims("Stephenson", profile_label(chosen), 0 if finished else 1)
-seed = int(config["seed"])
-peak, last = float(row_at[early]["val_acc"]), float(row_at[final]["val_acc"])
-fit = float(row_at[final]["permuted_acc"])
+seed_runs = sorted(chosen["run"].unique())  # one per seed: the figures show the first, the claims use every seed
+hidden = [layer for layer in layers if layer in columns_of(run_rows, ID)]  # the model's hidden (ID) layers
+linear = list(dict.fromkeys(grid["first_layer"]))  # the weight layers in forward order (the rewound ranges' starts)
+
+
+def statistics(name: str) -> dict:
+    """One seed's run: peak and final test accuracy, the permuted examples' fit, each layer's capacity rise, and the
+    test accuracy with the first and the last weight layer alone rewound to the peak (None without snapshots)."""
+    rows = runs[runs["run"] == name].sort_values(STEP).reset_index(drop=True)
+    peak_step, last_step = int(rows.loc[rows["val_acc"].idxmax(), STEP]), int(rows[STEP].iloc[-1])
+    at = {step: rows[rows[STEP] == step].iloc[0] for step in (peak_step, last_step)}
+    path = resolve(runs_dir) / name / "rewinding.csv"
+    rewound = pd.read_csv(path) if path.exists() else None
+    alone = None
+    if rewound is not None and {peak_step, last_step} <= set(rewound["step"]):
+        at_peak = rewound[rewound["step"] == peak_step]
+        alone = {layer: float(at_peak[(at_peak["first_layer"] == layer)
+                                      & (at_peak["last_layer"] == layer)]["val_acc"].iloc[0])
+                 for layer in (linear[0], linear[-1])} if linear else None
+    return {"seed": int(rows["seed"].iloc[0]), "early": peak_step, "final": last_step,
+            "peak": float(at[peak_step]["val_acc"]), "last": float(at[last_step]["val_acc"]),
+            "fit": float(at[last_step]["permuted_acc"]),
+            "rise": {layer: float(at[last_step][f"permuted.capacity/{layer}"]
+                                  - at[peak_step][f"permuted.capacity/{layer}"]) for layer in layers},
+            "alone": alone}
+
+
+per_seed = {name: statistics(name) for name in seed_runs}
+first = per_seed[seed_runs[0]]
+peak, last, fit, rise, alone = first["peak"], first["last"], first["fit"], first["rise"], first["alone"] or {}
+
+
+def by_seed(value, names=seed_runs) -> dict:
+    return {per_seed[n]["seed"]: value(per_seed[n]) for n in names}
+
+
+def seeds_text(value, fmt=".3f") -> str:
+    if len(seed_runs) < 2:
+        return ""
+    return (f"; seeds {'/'.join(str(per_seed[n]['seed']) for n in seed_runs)}: "
+            + " / ".join(format(value(per_seed[n]), fmt) for n in seed_runs))
+
+
+claims = Claims("Stephenson", profile_label(chosen), sum(not runs.loc[runs["run"] == n, "finished"].iloc[0]
+                                                         for n in seed_runs))
+unfitted = [n for n in seed_runs if per_seed[n]["fit"] < min_fit]
 claims.add("with permuted labels the network memorizes: it fits the permuted examples while test accuracy falls from "
            "its peak", "permuted examples fitted late in training, test accuracy peaks early then declines",
            f"permuted examples {fit:.3f} (training labels), test accuracy {peak:.3f} at step {early} → {last:.3f} at "
-           f"step {final} (ε {config['permuted_fraction']}; {config['dataset']})", rule="stephenson_memorizes",
-           evidence=threshold_evidence({seed: peak - last}, min_drop) if fit >= min_fit else
-           not_testable("threshold", f"the permuted examples are not fitted (accuracy {fit:.3f} < {min_fit:g})"))
-rise = {layer: float(row_at[final][f"permuted.capacity/{layer}"] - row_at[early][f"permuted.capacity/{layer}"])
-        for layer in layers}
-hidden = [layer for layer in layers if layer in columns_of(run_rows, ID)]  # the model's hidden (ID) layers
+           f"step {final} (ε {config['permuted_fraction']}; {config['dataset']})"
+           + seeds_text(lambda s: s["peak"] - s["last"]), rule="stephenson_memorizes",
+           evidence=threshold_evidence(by_seed(lambda s: s["peak"] - s["last"]), min_drop) if not unfitted else
+           not_testable("threshold", f"the permuted examples are not fitted in {len(unfitted)} run(s) "
+                                     f"(accuracy < {min_fit:g})"))
 claims.add(f"the permuted manifolds' capacity rises more in the last hidden layer than in the first (early → final; "
            f"by at least {min_gain})", "memorization happens mainly in the deeper layers",
-           f"rise per layer {', '.join(f'{k} {v:+.3f}' for k, v in rise.items())}", rule="stephenson_capacity",
-           evidence=threshold_evidence({seed: rise[hidden[-1]] - rise[hidden[0]]}, min_gain))
-linear = list(dict.fromkeys(grid["first_layer"]))  # the weight layers in forward order (the rewound ranges' starts)
-if have_snapshots:
-    at_peak = grid[grid["step"] == early]
-    alone = {layer: float(at_peak[(at_peak["first_layer"] == layer)
-                                  & (at_peak["last_layer"] == layer)]["val_acc"].iloc[0])
-             for layer in (linear[0], linear[-1])}
+           f"rise per layer {', '.join(f'{k} {v:+.3f}' for k, v in rise.items())}"
+           + seeds_text(lambda s: s["rise"][hidden[-1]] - s["rise"][hidden[0]]), rule="stephenson_capacity",
+           evidence=threshold_evidence(by_seed(lambda s: s["rise"][hidden[-1]] - s["rise"][hidden[0]]), min_gain))
+if all(per_seed[n]["alone"] for n in seed_runs):
     claims.add(f"rewinding the last layer to the peak-test evaluation restores test accuracy (by at least {min_gain}); "
                "rewinding the first layer does not", "generalization restored by rewinding the last layers only",
                f"final {last:.3f}; {linear[-1]} rewound to step {early}: {alone[linear[-1]]:.3f}; {linear[0]} rewound: "
-               f"{alone[linear[0]]:.3f}", rule="stephenson_rewinding",
-               evidence=threshold_evidence({seed: alone[linear[-1]] - alone[linear[0]]}, min_gain))
+               f"{alone[linear[0]]:.3f}" + seeds_text(lambda s: s["alone"][linear[-1]] - s["alone"][linear[0]]),
+               rule="stephenson_rewinding",
+               evidence=threshold_evidence(by_seed(lambda s: s["alone"][linear[-1]] - s["alone"][linear[0]]),
+                                           min_gain))
 else:
-    alone = {}
     claims.add("rewinding the last layer to the peak-test evaluation restores test accuracy; rewinding the first layer "
                "does not", "generalization restored by rewinding the last layers only",
-               f"no weight snapshots at steps {early} and {final}", rule="stephenson_rewinding",
+               "no weight snapshots at the peak and final steps of every run", rule="stephenson_rewinding",
                evidence=not_testable("threshold", "no weight snapshots"))
 claims.print()
-metrics = {"run": name, "finished": finished, "early_step": early, "final_step": final,
+metrics = {"run": name, "runs": per_seed, "finished": finished, "early_step": early, "final_step": final,
            "val_acc": {"peak": peak, "final": last}, "permuted_acc_final": fit, "permuted_capacity_rise": rise,
            "rewinding_at_peak": alone,
            "claims": claims.rows}

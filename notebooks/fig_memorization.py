@@ -62,7 +62,7 @@ from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import STEP
-from actid.verdicts import correlation_evidence, not_testable, threshold_evidence
+from actid.verdicts import correlation_evidence, mean_interval, not_testable, threshold_evidence
 
 plotting.use_style()
 ACTIVATIONS = ["sin", "relu", "sigmoid"]
@@ -97,6 +97,16 @@ def seed_mean(part):
     return part.drop(columns=["activation", "finished"]).astype(float).groupby("init_std").mean()
 
 
+def seed_band(ax, part, column, color):
+    """The 95% t-interval of the per-σ mean over seeds, where a σ has at least two seeds."""
+    groups = part.astype({column: float}).groupby("init_std")[column]
+    bounds = {sigma: mean_interval(values.dropna()) for sigma, values in groups if values.notna().sum() >= 2}
+    if bounds:
+        sigmas = sorted(bounds)
+        ax.fill_between(sigmas, [bounds[x][0] for x in sigmas], [bounds[x][1] for x in sigmas], color=color,
+                        alpha=0.2, lw=0)
+
+
 def mark_unfinished(ax, frame, x, y):
     """The dashed square on runs that have not finished (their values are not final)."""
     rest = frame[~frame["finished"].astype(bool)]
@@ -110,6 +120,7 @@ for ax, act in zip(axes[0], activations):
     mean = seed_mean(part)
     ax.plot(mean.index, mean["final_train_acc"], "--", color=plotting.COLORS["train_acc"])
     ax.plot(mean.index, mean["final_val_acc"], "-", color=ACT_COLORS[act])
+    seed_band(ax, part, "final_val_acc", ACT_COLORS[act])
     ax.scatter(part["init_std"], part["final_train_acc"], color=plotting.COLORS["train_acc"], s=20)
     ax.scatter(part["init_std"], part["final_val_acc"], color=ACT_COLORS[act], s=20)
     mark_unfinished(ax, part, "init_std", "final_val_acc")
@@ -118,7 +129,8 @@ for ax, act in zip(axes[0], activations):
 axes[0][0].set_ylabel("final accuracy")
 handles = [Line2D([], [], color=plotting.COLORS["train_acc"], marker="o", ls="--", label="training accuracy"),
            *[Line2D([], [], color=ACT_COLORS[a], marker="o", label=f"validation accuracy ({a})") for a in activations],
-           Line2D([], [], color="black", marker="o", ls="-", label="points: runs; lines: mean over seeds"),
+           Line2D([], [], color="black", marker="o", ls="-",
+                  label="points: runs; lines: mean over seeds; band: its 95% interval"),
            Line2D([], [], color="black", lw=0.8, ls=":", label=f"chance ({chance:.0%})")]
 if not summary["finished"].all():
     handles.append(plotting.unfinished_handle())
@@ -199,6 +211,7 @@ for ax, (column, label) in zip(axes[0], lenses):
     for act in activations:
         part = summary[summary["activation"] == act]
         ax.plot(seed_mean(part).index, seed_mean(part)[column], "-", color=ACT_COLORS[act])
+        seed_band(ax, part, column, ACT_COLORS[act])
         ax.scatter(part["init_std"], part[column], color=ACT_COLORS[act], s=20)
         if column == "final_llid":  # ± TwoNN's resampling error
             ax.errorbar(part["init_std"].astype(float), part[column].astype(float),
@@ -210,8 +223,8 @@ for ax, (column, label) in zip(axes[0], lenses):
     ax.set_title("Spearman ρ with σ: "
                  + ", ".join(f"{a} {trends[f'{a}/{column}']['spearman_rho']:+.2f}" for a in activations))
 plotting.legend_below(fig, [Line2D([], [], color=ACT_COLORS[a], marker="o", label=f"φ = {a}") for a in activations]
-                      + [Line2D([], [], color="black", marker="o", label="points: runs; lines: mean over seeds; "
-                                "ID bars: ± TwoNN resampling error")])
+                      + [Line2D([], [], color="black", marker="o", label="points: runs; lines: mean over seeds, band: "
+                                "its 95% interval; ID bars: ± TwoNN resampling error")])
 fig.suptitle(f"Hidden-layer ID and alignment against σ ({dataset}; Spearman ρ over all runs)")
 plotting.save_figure(fig, out, "id_and_alignment_vs_scale")
 

@@ -182,12 +182,16 @@ n_unfinished = int((~summary["finished"].astype(bool)).sum())
 claims = Claims(None, profile_label(runs), n_unfinished)
 
 
-def first_run(kind: str):
-    """The run of a variant kind (baseline, increasing, dropout) at the largest batch (Golechha's full batch)."""
+def runs_of(kind: str) -> list[str]:
+    """The runs of a variant kind (baseline, increasing, dropout) at its largest batch (Golechha's full batch), one
+    per seed."""
     test = {"baseline": lambda c: c["dropout"] == 0 and c["norm_reward"] == 0,
             "increasing": lambda c: c["norm_reward"] > 0, "dropout": lambda c: c["dropout"] > 0}[kind]
     names = [n for n in order if test(config.loc[n])]
-    return max(names, key=lambda n: config.loc[n, "batch_size"]) if names else None
+    if not names:
+        return []
+    batch = max(config.loc[n, "batch_size"] for n in names)
+    return sorted((n for n in names if config.loc[n, "batch_size"] == batch), key=lambda n: config.loc[n, "seed"])
 
 
 def describe(stats) -> str:
@@ -196,9 +200,27 @@ def describe(stats) -> str:
             f"{stats['final_val_acc']:.2f}; {dataset})")
 
 
+def seeds_text(names, value, fmt: str = ".0f") -> str:
+    """One value per seed, e.g. "seeds 0/1/2: 3560 / 3380 / 3710" (empty for one seed)."""
+    if len(names) < 2:
+        return ""
+    values = " / ".join(format(value(n), fmt) if np.isfinite(value(n)) else "–" for n in names)
+    return f"; seeds {'/'.join(str(int(config.loc[n, 'seed'])) for n in names)}: {values}"
+
+
 def norm_without(run, tensor: str) -> np.ndarray:
     """The global weight norm without one tensor, from the per-tensor norms."""
     return np.sqrt(np.maximum(run["weight_norm/total"] ** 2 - run[f"weight_norm/{tensor}"] ** 2, 0)).to_numpy()
+
+
+def run_rows(name: str) -> pd.DataFrame:
+    return runs[runs["run"] == name].sort_values(STEP)
+
+
+def plateau_step(name: str) -> float:
+    """The step where relu1's sparsity completes 95% of its rise."""
+    sparsity, steps = run_rows(name)["sparsity/relu1"].to_numpy(), run_rows(name)[STEP].to_numpy()
+    return float(steps[np.argmax(sparsity >= sparsity.min() + 0.95 * np.ptp(sparsity))])
 
 
 # label -> (what the paper reports, the sign of change it implies)
@@ -206,46 +228,64 @@ PAPER = {"weight norm": ("falls as test accuracy rises", -1),
          "weight entropy": ("drops sharply with generalization", -1),
          "circuit complexity (fc1)": ("decreases with generalization", -1),
          "LLID": ("drops when the model groks (Brown et al., transformer on modular division)", -1)}
-def lag_evidence(name: str, lag: dict, sign: int):
-    """A measure's co-occurrence with the grok step in one run, against the chance of it (timing evidence)."""
-    if lag["at_edge"]:
-        return not_testable("timing", "the steepest change sits at the window's edge")
-    if not np.isfinite(lag["lag_evaluations"]):
-        return not_testable("timing", "no grok step")
-    hit = bool(abs(lag["lag_evaluations"]) <= co_occurrence_evaluations and np.sign(lag["rate_per_log_step"]) == sign)
-    return timing_evidence({name: hit}, {name: lag["chance"]})
+
+
+def lag_evidence(names: list[str], lags_of: dict, sign: int):
+    """Whether each run's measure co-occurs with its grok step, against the chance of it (timing evidence over the
+    runs where the lag exists; ``lags_of``: run -> measure_lags entry)."""
+    usable = {n: lag for n, lag in lags_of.items() if n in names and np.isfinite(lag["lag_evaluations"])}
+    if not usable:
+        edge = any(lag["at_edge"] for n, lag in lags_of.items() if n in names)
+        return not_testable("timing", "the steepest change sits at the window's edge" if edge else "no grok step")
+    hits = {n: bool(abs(lag["lag_evaluations"]) <= co_occurrence_evaluations
+                    and np.sign(lag["rate_per_log_step"]) == sign) for n, lag in usable.items()}
+    return timing_evidence(hits, {n: lag["chance"] for n, lag in usable.items()},
+                           seeds=len({config.loc[n, "seed"] for n in usable}))
+
+
+def seed_evidence(names, value, threshold, **kw):
+    """Threshold evidence over the runs' seeds (``value``: run -> the statistic)."""
+    return threshold_evidence({int(config.loc[n, "seed"]): value(n) for n in names}, threshold, **kw)
 
 
 RULE_KEYS = {"weight norm": "weight_norm", "weight entropy": "weight_entropy",
              "circuit complexity (fc1)": "circuit_complexity", "LLID": "llid"}
 for kind, figure in (("baseline", "Golechha 1"), ("increasing", "Golechha 2")):
-    name = first_run(kind)
-    if name is None:
+    names = runs_of(kind)
+    if not names:
         continue
-    stats, run = summary.loc[name], runs[runs["run"] == name].sort_values(STEP)
-    seed = int(config.loc[name, "seed"])
+    name = names[0]  # the text describes the first seed's run; the evidence covers every seed
+    stats, run = summary.loc[name], run_rows(name)
     n = "1" if kind == "baseline" else "2"
     if kind == "baseline":
+        grokked = [m for m in names if summary.loc[m, "grokked"]]
         claims.add("generalization comes long after the training set is fitted (baseline)",
-                   "test accuracy rises thousands of steps after train accuracy saturates", describe(stats),
+                   "test accuracy rises thousands of steps after train accuracy saturates",
+                   describe(stats) + seeds_text(names, lambda m: summary.loc[m, "delay_steps"]),
                    rule="golechha_1_delay", figure=figure,
-                   evidence=threshold_evidence({seed: stats["delay_steps"]}, delay_threshold) if stats["grokked"]
-                   else not_testable("threshold", f"the run does not grok (validation gains < {min_gain:g})"))
+                   evidence=seed_evidence(grokked, lambda m: summary.loc[m, "delay_steps"], delay_threshold)
+                   if len(grokked) == len(names) else
+                   not_testable("threshold", f"a run does not grok (validation gains < {min_gain:g})"))
     else:
         rest = norm_without(run, "fc1.weight")
         fc1 = run["weight_norm/fc1.weight"].to_numpy()
+
+        def rest_ratio(m):
+            other = norm_without(run_rows(m), "fc1.weight")
+            return other[-1] / other[0]
+
         claims.add("the model groks while its weight norm grows (loss − δ Σ w²)",
                    "grokking with the weight norm rising (δ = 2e-10)",
                    f"weight norm {stats['initial_weight_norm']:.1f} → {stats['final_weight_norm']:.1f}, all of it in "
                    f"fc1.weight ({fc1[0]:.1f} → {fc1[-1]:.1f}); the other tensors {rest[0]:.1f} → {rest[-1]:.1f}; "
-                   + describe(stats), rule="golechha_2_norm_grows", figure=figure,
-                   evidence=threshold_evidence({seed: rest[-1] / rest[0]}, 1,
-                                               method="final / initial norm of the tensors other than fc1.weight"))
+                   + describe(stats) + seeds_text(names, rest_ratio, ".2f"), rule="golechha_2_norm_grows",
+                   figure=figure, evidence=seed_evidence(
+                       names, rest_ratio, 1, method="final / initial norm of the tensors other than fc1.weight"))
     for label, (text, sign) in PAPER.items():
         if kind == "increasing" and label == "weight norm":
             continue
         lag = lags[name][MEASURES[label]]
-        evidence = lag_evidence(name, lag, sign)
+        evidence = lag_evidence(names, {m: lags[m][MEASURES[label]] for m in names}, sign)
         if lag["at_edge"]:
             edge = "first" if lag["change_step"] <= stats["grok_step"] else "last"
             ours = (f"steepest change per log-step in the {edge} "
@@ -257,41 +297,48 @@ for kind, figure in (("baseline", "Golechha 1"), ("increasing", "Golechha 2")):
                     f"steps, {lag['lag_evaluations']:+.0f} evaluations from the grok step; {dataset}")
         else:
             ours = "no grok step, or no change after saturation"
-        others = (sensitivity(lambda c: lag_evidence(name, measure_lags(run, [c[LLID]], groks[name],
-                                                                        co_occurrence_evaluations)[c[LLID]], sign),
-                              run.columns, [LLID]) if label == "LLID" else None)
+        ours += seeds_text(names, lambda m: lags[m][MEASURES[label]]["lag_evaluations"], "+.0f")
+        others = (sensitivity(lambda c: lag_evidence(
+            names, {m: measure_lags(run_rows(m), [c[LLID]], groks[m], co_occurrence_evaluations)[c[LLID]]
+                    for m in names}, sign), run.columns, [LLID]) if label == "LLID" else None)
         claims.add(f"{label} moves with grokking: its steepest change, in the paper's direction, within "
                    f"{co_occurrence_evaluations:g} evaluations of the grok step ({stats['variant']})", text, ours,
                    rule=f"golechha_{n}_{RULE_KEYS[label]}", evidence=evidence, sensitivity=others,
-                   id_trust=flag(run, LLID) if label == "LLID" else None,
+                   id_trust=flag(runs[runs["run"].isin(names)], LLID) if label == "LLID" else None,
                    figure="Brown D" if label == "LLID" else figure)
-    sparsity = run["sparsity/relu1"].to_numpy()
-    plateau = float(run[STEP].to_numpy()[np.argmax(sparsity >= sparsity.min() + 0.95 * np.ptp(sparsity))])
+    plateau = plateau_step(name)
+    grokked = [m for m in names if np.isfinite(summary.loc[m, "grok_step"])]
     claims.add(f"sparsity (relu1) plateaus before the grok step ({stats['variant']})",
                "plateaus just before grokking",
                f"reaches 95% of its rise at step {plateau:.0f} (train ≥ {saturated:g} at "
-               f"{stats['saturation_step']:.0f}, grok step {stats['grok_step']:.0f}); {dataset}",
+               f"{stats['saturation_step']:.0f}, grok step {stats['grok_step']:.0f}); {dataset}"
+               + seeds_text(grokked, lambda m: plateau_step(m) - summary.loc[m, "grok_step"], "+.0f"),
                rule=f"golechha_{n}_sparsity_plateau", figure=figure,
-               evidence=threshold_evidence({seed: plateau - stats["grok_step"]}, 0)
-               if np.isfinite(stats["grok_step"]) else not_testable("threshold", "no grok step"))
-name = first_run("dropout")
-if name is not None:
+               evidence=seed_evidence(grokked, lambda m: plateau_step(m) - summary.loc[m, "grok_step"], 0)
+               if len(grokked) == len(names) else not_testable("threshold", "a run has no grok step"))
+names = runs_of("dropout")
+if names:
+    name = names[0]
     stats = summary.loc[name]
-    baseline = first_run("baseline")
+    baseline = runs_of("baseline")
     gaps = f"; largest train − validation accuracy gap {stats['max_accuracy_gap']:.2f}" + (
-        f" (baseline {summary.loc[baseline, 'max_accuracy_gap']:.2f})" if baseline else "")
-    measurable = bool(stats["steps_after_saturation"] >= delay_threshold)
+        f" (baseline {summary.loc[baseline[0], 'max_accuracy_gap']:.2f})" if baseline else "")
+    measurable = all(summary.loc[m, "steps_after_saturation"] >= delay_threshold for m in names)
     gain = stats["final_val_acc"] - stats["val_acc_at_saturation"]
+
+    def gain_of(m):
+        return summary.loc[m, "final_val_acc"] - summary.loc[m, "val_acc_at_saturation"]
+
     if not measurable:
         ours, evidence = (f"train reaches {saturated:g} at step {stats['saturation_step']:.0f}, "
-                        f"{stats['steps_after_saturation']:.0f} steps before the end: a delay of {delay_threshold:g} "
-                        f"steps could not show ({dataset})"), not_testable("threshold",
-                                                                           "too few steps after saturation")
+                          f"{stats['steps_after_saturation']:.0f} steps before the end: a delay of "
+                          f"{delay_threshold:g} steps could not show ({dataset})"), not_testable(
+            "threshold", "too few steps after saturation")
     else:
         ours = (f"validation accuracy gains {gain:+.2f} after train ≥ {saturated:g} at step "
                 f"{stats['saturation_step']:.0f} ({stats['val_acc_at_saturation']:.2f} → {stats['final_val_acc']:.2f}"
-                f"; no delayed generalization below {min_gain:g}); {dataset}")
-        evidence = threshold_evidence({int(config.loc[name, "seed"]): gain}, min_gain)
+                f"; no delayed generalization below {min_gain:g}); {dataset}" + seeds_text(names, gain_of, "+.2f"))
+        evidence = seed_evidence(names, gain_of, min_gain)
     claims.add("with dropout the delay vanishes", "no delayed generalization, no overfitting phase "
                "(dropout 0.3)", ours + gaps, rule="golechha_3_dropout", evidence=evidence, figure="Golechha 3")
 

@@ -128,3 +128,18 @@ def test_a_missing_statistic_is_not_testable_and_a_wrong_kind_is_refused():
     assert judge(CORRELATION, e, None)[0] == NOT_TESTABLE
     with pytest.raises(ValueError, match="changing a rule is an amendment"):
         judge(THRESHOLD, correlation_evidence(np.arange(5.0), np.arange(5.0) ** 2).to_dict(), 0.01)
+
+
+def test_the_examples_behind_accuracies_and_the_error_behind_an_llid_are_read_off_the_rows():
+    import pandas as pd
+
+    from actid.analysis.stats import examples_behind, id_error
+    accuracies = np.array([953, 961, 945, 958]) / 1000
+    assert examples_behind(accuracies) == 1000
+    assert examples_behind(accuracies.astype(np.float32)) == 1000  # float32 rows in a CSV
+    assert examples_behind([np.nan]) is None
+    rows = pd.DataFrame({"id/a": [5.0, 7.0], "id_err/a": [0.1, 0.2], "id/b": [6.0, 3.0], "id_err/b": [0.3, 0.4],
+                         "llid": [6.0, 3.0], "pid": [6.0, 7.0]})
+    assert id_error(rows, "llid").tolist() == [0.3, 0.4]
+    assert id_error(rows, "pid").tolist() == [0.3, 0.2]  # the layer whose ID is the peak, row by row
+    assert np.isnan(id_error(rows, "id_mle/llid")).all()

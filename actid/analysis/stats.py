@@ -94,3 +94,18 @@ def id_error(rows: pd.DataFrame, id_column: str) -> np.ndarray:
             same = (rows[id_col].to_numpy(float) == values) & np.isnan(out)
             out[same] = rows[err_col].to_numpy(float)[same]
     return out
+
+
+def examples_behind(accuracies, limit: int = 100_000) -> int | None:
+    """The number of examples a set of accuracies was computed on, inferred from the accuracies themselves: each is
+    k/n, so the smallest n <= ``limit`` with every accuracy × n an integer (to float32 precision). None when no n
+    fits or there is no finite value. It can come out smaller than the true n (a divisor of it), which only widens
+    an interval built on it."""
+    values = np.asarray(accuracies, float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    n = np.arange(1, limit + 1, dtype=float)[:, None]
+    counts = values[None, :] * n
+    fits = np.all(np.abs(counts - np.round(counts)) <= 1e-6 * n, axis=1)
+    return int(n[np.argmax(fits), 0]) if fits.any() else None
