@@ -139,7 +139,7 @@ handles = [Line2D([], [], color="0.35", lw=1.2, label="least-squares line, 95% b
                         "examples, read off the accuracies)")]
 if not kept_all["finished"].all():
     handles.append(plotting.unfinished_handle())
-plotting.legend_below(fig, handles)
+plotting.legend_below(fig, handles, ncol=1)
 fig.suptitle("Validation accuracy against PID / LLID at the last evaluation\n"
              "(runs at or below each panel's over-regularization cut)")
 plotting.save_figure(fig, out, "accuracy_vs_pid_over_llid")

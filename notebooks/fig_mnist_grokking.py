@@ -129,7 +129,7 @@ panels = [
     ("weight entropy\n−Σ|w| log|w|", [("weight_entropy/total", None, "black", "-")]),
     ("local circuit complexity\n(Σ KL, training inputs)", [
         (f"circuit_complexity/fc{i}", f"circuit complexity fc{i}", plotting.PALETTE[i - 1], "-") for i in (1, 2, 3)]),
-    ("ID (TwoNN, validation)", [(LLID, "LLID (relu2)", plotting.COLORS["id"], "-"),
+    ("ID (TwoNN, validation)", [(LLID, "LLID (relu2; bands: ± TwoNN resampling error)", plotting.COLORS["id"], "-"),
                                 ("id/relu1", "ID relu1", plotting.COLORS["id"], ":")]),
 ]
 fig, axes = plt.subplots(len(panels), len(order), figsize=(4.2 * len(order), 2.3 * len(panels) + 1.2), squeeze=False,
