@@ -38,6 +38,14 @@ def trust(estimate: float, n: int, estimator: str = "twonn", calibrated: dict | 
             else "outside")
 
 
+def calibrated_limit(n: int, estimator: str = "twonn", calibrated: dict | None = None) -> float | None:
+    """The estimate above which an ID from ``n`` points lies beyond the calibrated range (None below every
+    calibrated n): a line to draw on a figure of IDs."""
+    calibrated = calibrated or _ranges(str(RANGES))
+    below = [s for s in sorted(int(k) for k in calibrated[estimator]) if s <= n]
+    return float(calibrated[estimator][str(below[-1])]["calibrated_below"]) if below else None
+
+
 def worst(levels) -> str | None:
     """The least trustworthy of several flags (None for none)."""
     levels = [level for level in levels if level]

@@ -72,6 +72,22 @@ datasets = list(final["dataset"].unique())
 final[["dataset", "regularizer", "strength", PID, LLID, VAL_ACC, "finished"]]
 
 # %%
+def collapse_evidence(runs, threshold: float, pid_column: str):
+    """The ratio of median PIDs beyond / at or below the threshold: per seed with a t-interval over seeds, or, with
+    one seed, a bootstrap interval over the runs."""
+    over = runs["strength"] > threshold
+    if not over.any():
+        return not_testable("threshold", "no run beyond the threshold")
+    if runs["seed"].nunique() == 1:
+        return threshold_evidence(
+            {int(runs["seed"].iloc[0]): runs.loc[over, pid_column].median() / runs.loc[~over, pid_column].median()},
+            collapse_ratio, n=len(runs), method="bootstrap over runs",
+            interval=bootstrap_ratio_of_medians(runs.loc[over, pid_column], runs.loc[~over, pid_column]))
+    return threshold_evidence({s: g.loc[g["strength"] > threshold, pid_column].median()
+                               / g.loc[g["strength"] <= threshold, pid_column].median()
+                               for s, g in runs.groupby("seed")}, collapse_ratio, n=len(runs))
+
+
 accuracy_norm = Normalize(final[VAL_ACC].min(), final[VAL_ACC].max())  # one colour scale for all panels
 fig, axes = plt.subplots(len(datasets), 2, figsize=(10.0, 3.8 * len(datasets) + 0.8), squeeze=False)
 metrics, claims = {}, Claims("C", profile_label(final))
@@ -99,19 +115,8 @@ for row, dataset in zip(axes, datasets):
             (f"median PID beyond / at or below: {ratio:.2f} (threshold {threshold:g}, {int(over.sum())} beyond; "
              f"collapse: < {collapse_ratio:g}) ({dataset})")
             if ratio is not None else f"no run beyond the threshold ({dataset})",
-            rule=f"brown_c_{reg}",
-            evidence=threshold_evidence(
-                {int(runs["seed"].iloc[0]): ratio}, collapse_ratio, n=len(runs), method="bootstrap over runs",
-                interval=bootstrap_ratio_of_medians(runs.loc[over, PID], runs.loc[~over, PID]))
-            if ratio is not None and runs["seed"].nunique() == 1 else
-            not_testable("threshold", "no run beyond the threshold") if ratio is None else
-            threshold_evidence({s: g.loc[g["strength"] > threshold, PID].median()
-                                / g.loc[g["strength"] <= threshold, PID].median()
-                                for s, g in runs.groupby("seed")}, collapse_ratio, n=len(runs)),
-            sensitivity=sensitivity(lambda c: threshold_evidence(
-                {0: runs.loc[over, c[PID]].median() / runs.loc[~over, c[PID]].median()}, collapse_ratio, n=len(runs),
-                interval=bootstrap_ratio_of_medians(runs.loc[over, c[PID]], runs.loc[~over, c[PID]]))
-                if over.any() else not_testable("threshold", "no run beyond the threshold"), runs.columns, [PID]),
+            rule=f"brown_c_{reg}", evidence=collapse_evidence(runs, threshold, PID),
+            sensitivity=sensitivity(lambda c: collapse_evidence(runs, threshold, c[PID]), runs.columns, [PID]),
             id_trust=flag(runs, PID))
         ax.axvline(threshold, color=plotting.COLORS["threshold"], lw=1.4, zorder=1)
         ax.errorbar(runs["strength"], runs[PID], yerr=id_error(runs, PID), fmt="none", ecolor="0.4", lw=0.9, zorder=2)

@@ -57,6 +57,7 @@ from matplotlib.lines import Line2D
 from actid import plotting
 from actid.analysis.memorization import GRADIENT_ALIGNMENT, memorization_summary
 from actid.analysis.stats import pearson, spearman
+from actid.calibration import calibrated_limit
 from actid.claims import Claims, profile_label
 from actid.io import write_csv, write_json
 from actid.paths import resolve
@@ -207,6 +208,9 @@ lenses = [("final_llid", "final hidden-layer ID (TwoNN, validation)"),
           ("final_representation_alignment_val", "final representation alignment\n(validation)")]
 fig, axes = plt.subplots(1, len(lenses), figsize=(4.4 * len(lenses), 4.0), squeeze=False)
 trends = {}
+points_columns = [c for c in runs.columns if c.startswith("id_points/")]  # the points behind each hidden-layer ID
+points = (int(runs[points_columns[0]].dropna().min())
+          if points_columns and runs[points_columns[0]].notna().any() else None)
 for ax, (column, label) in zip(axes[0], lenses):
     for act in activations:
         part = summary[summary["activation"] == act]
@@ -216,6 +220,10 @@ for ax, (column, label) in zip(axes[0], lenses):
         if column == "final_llid":  # ± TwoNN's resampling error
             ax.errorbar(part["init_std"].astype(float), part[column].astype(float),
                         yerr=part["final_llid_err"].astype(float), fmt="none", ecolor=ACT_COLORS[act], lw=0.8)
+    if column == "final_llid" and points:  # beyond this line an ID is outside TwoNN's calibration
+        ax.axhline(calibrated_limit(points), color="0.4", ls="--", lw=0.9)
+        ax.text(ax.get_xlim()[0], calibrated_limit(points), f" calibrated range of TwoNN ({points} points) ends",
+                va="bottom", fontsize="small", color="0.3")
         mark_unfinished(ax, part, "init_std", column)
         rho, p, n = spearman(part["init_std"], part[column])
         trends[f"{act}/{column}"] = {"spearman_rho": rho, "p": p, "n": n}

@@ -156,7 +156,8 @@ for j, name in enumerate(order):
     delay = (f"delay {stats['delay_steps']:.0f} steps" if stats["grokked"] else
              f"validation {stats['final_val_acc'] - stats['val_acc_at_saturation']:+.2f} after saturation: no grokking"
              if np.isfinite(stats["saturation_step"]) else "train never saturates")
-    axes[0][j].set_title(f"{stats['variant']}\n{delay}")
+    seed = f", seed {int(config.loc[name, 'seed'])}" if config["seed"].nunique() > 1 else ""
+    axes[0][j].set_title(f"{stats['variant']}{seed}\n{delay}")
     axes[0][j].set_ylim(-0.02, 1.02)
     axes[-1][j].set_xlabel("training step")
     if not stats["finished"]:

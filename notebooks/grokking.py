@@ -116,7 +116,8 @@ for (frac, wd), panel in summary.groupby(["train_fraction", "weight_decay"]):
             ax.scatter(run[STEP].iloc[-1:], run[id_column].iloc[-1:], **plotting.UNFINISHED)
     grokked = panel[panel["grokked"]]
     lag_text = " / ".join(f"{lag:+.0f}" if np.isfinite(lag) else "no drop" for lag in grokked["lag_steps"])
-    detail = ("grok step " + " / ".join(f"{s:.0f}" for s in grokked["grok_step"]) + "; lag " + lag_text
+    detail = ("grok step " + " / ".join(f"{s:.0f}" for s in grokked["grok_step"])
+              + ("\n" if len(grokked) > 2 else "; ") + "lag " + lag_text  # three seeds: two lines
               if len(grokked) else f"val acc never reaches {grok_threshold:.0%}")
     ax.set_title(f"train fraction {frac:g}, WD {wd:g}\n{detail}")
     ax.tick_params(axis="y", colors=id_color)

@@ -56,3 +56,12 @@ def test_flag_reads_each_id_with_the_points_of_its_layer():
     assert flag(rows, "llid") == "outside"  # 150 from 400 points: fewer than any calibrated n
     assert flag(rows, "id_mle/llid", "mle") == "outside"  # the second row's layer b has 400 points
     assert flag(rows.drop(columns=["id_points/a", "id_points/b"]), "llid") is None
+
+
+def test_calibrated_limit_is_the_ranges_upper_end_for_the_largest_calibrated_n_not_above_n():
+    from actid.calibration import calibrated_limit
+    ranges = json.loads(RANGES.read_text())["ranges"]["twonn"]
+    assert calibrated_limit(900) == ranges["500"]["calibrated_below"]
+    assert calibrated_limit(10_000) == ranges["10000"]["calibrated_below"]
+    assert calibrated_limit(499) is None
+    assert trust(calibrated_limit(900) + 1, 900) == "outside" and trust(calibrated_limit(900) - 1, 900) != "outside"
