@@ -220,14 +220,14 @@ for ax, (column, label) in zip(axes[0], lenses):
         if column == "final_llid":  # ± TwoNN's resampling error
             ax.errorbar(part["init_std"].astype(float), part[column].astype(float),
                         yerr=part["final_llid_err"].astype(float), fmt="none", ecolor=ACT_COLORS[act], lw=0.8)
-    if column == "final_llid" and points:  # beyond this line an ID is outside TwoNN's calibration
-        ax.axhline(calibrated_limit(points), color="0.4", ls="--", lw=0.9)
-        ax.text(ax.get_xlim()[0], calibrated_limit(points), f" calibrated range of TwoNN ({points} points) ends",
-                va="bottom", fontsize="small", color="0.3")
         mark_unfinished(ax, part, "init_std", column)
         rho, p, n = spearman(part["init_std"], part[column])
         trends[f"{act}/{column}"] = {"spearman_rho": rho, "p": p, "n": n}
     ax.set(xscale="log", xlabel=SIGMA, ylabel=label)
+    if column == "final_llid" and points:  # beyond this line an ID is outside TwoNN's calibration
+        ax.axhline(calibrated_limit(points), color="0.4", ls="--", lw=0.9)
+        ax.text(ax.get_xlim()[0], calibrated_limit(points), f" calibrated range of TwoNN ({points} points) ends",
+                va="bottom", fontsize="small", color="0.3")
     ax.set_title("Spearman ρ with σ: "
                  + ", ".join(f"{a} {trends[f'{a}/{column}']['spearman_rho']:+.2f}" for a in activations))
 plotting.legend_below(fig, [Line2D([], [], color=ACT_COLORS[a], marker="o", label=f"φ = {a}") for a in activations]
