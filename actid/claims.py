@@ -70,7 +70,8 @@ def profile_label(runs) -> str:
 
 def verdicts(rows: list[dict], rules: dict[str, dict]) -> list[dict]:
     """Each row with ``verdict``, ``why``, ``p_holm`` and its rule's version added. Holm families: (study,
-    profile); a near-duplicate (``counted_with``) is judged but not counted in its family."""
+    profile); a near-duplicate (``counted_with``) is not counted in its family but adjusted in the place of the row
+    it repeats."""
     for row in rows:
         if row.get("rule") not in rules:
             raise SystemExit(f"claim {row.get('claim')!r} names rule {row.get('rule')!r}, which is not in "
@@ -80,25 +81,44 @@ def verdicts(rows: list[dict], rules: dict[str, dict]) -> list[dict]:
         rule = rules[row["rule"]]
         if not rule.get("counted_with"):
             families.setdefault((rule["study"], row["profile"]), []).append(i)
-    adjusted: dict[int, float | None] = {}
+    place: dict[int, tuple[list[int], int]] = {}  # row -> (its Holm family, the member whose place it takes)
     for members in families.values():
-        for i, p in zip(members, holm([rows[i]["evidence"].get("p") for i in members])):
-            adjusted[i] = p
+        for i in members:
+            place[i] = (members, i)
+    for i, row in enumerate(rows):  # a near-duplicate is adjusted in the place of the row it repeats
+        duplicated = rules[row["rule"]].get("counted_with")
+        if duplicated:
+            twin = next((j for j, other in enumerate(rows) if other["rule"] == duplicated
+                         and other["profile"] == row["profile"]), None)
+            if twin is not None and twin in place:
+                place[i] = place[twin]
+
+    def adjust_for(i: int):
+        """Holm-adjusts a p-value put in row i's place in its family (the leave-one-out and estimator p's too)."""
+        if i not in place:
+            return lambda p: p
+        members, at = place[i]
+        ps = [rows[j]["evidence"].get("p") for j in members]
+
+        def adjust(p):
+            return holm([p if j == at else q for j, q in zip(members, ps)])[members.index(at)]
+        return adjust
+
     out = []
     for i, row in enumerate(rows):
         rule, evidence = rules[row["rule"]], row["evidence"]
-        p_holm = adjusted.get(i, evidence.get("p"))
+        adjust = adjust_for(i)
+        p_holm = None if evidence.get("p") is None else adjust(evidence["p"])
         _check_threshold(row, rule)
-        factor = p_holm / evidence["p"] if p_holm is not None and evidence.get("p") else 1.0
         sensitivity = {}
         if row.get("n_unfinished"):
             verdict, why = INCONCLUSIVE, f"{row['n_unfinished']} run(s) unfinished"
         else:
-            verdict, why = judge(rule, evidence, p_holm)
-            for name, other in (row.get("sensitivity") or {}).items():  # the same rule and Holm factor
-                p = None if other.get("p") is None else min(1.0, other["p"] * factor)
+            verdict, why = judge(rule, evidence, p_holm, adjust)
+            for name, other in (row.get("sensitivity") or {}).items():  # the same rule, in the same place
+                p = None if other.get("p") is None else adjust(other["p"])
                 sensitivity[name] = "–" if other.get("untestable") and "recorded" in other["untestable"] else (
-                    judge(rule, other, p)[0])
+                    judge(rule, other, p, adjust)[0])
         first = rule["amendments"][0]["verdict_then"] if rule.get("amendments") else None
         out.append({**row, "verdict": verdict, "why": why, "p_holm": p_holm, "version": rule["version"],
                     "sensitivity_verdicts": sensitivity,
@@ -107,6 +127,10 @@ def verdicts(rows: list[dict], rules: dict[str, dict]) -> list[dict]:
 
 
 def _check_threshold(row: dict, rule: dict) -> None:
+    tolerance = row["evidence"].get("tolerance")
+    if tolerance is not None and "tolerance_evaluations" in rule and tolerance != rule["tolerance_evaluations"]:
+        raise SystemExit(f"rule {rule['id']} fixes a tolerance of {rule['tolerance_evaluations']:g} evaluations but "
+                         f"the notebook used {tolerance:g} (a figure parameter?): changing a rule is an amendment")
     used = row["evidence"].get("threshold")
     if used is not None and "threshold" in rule and not np.isclose(used, rule["threshold"]):
         raise SystemExit(f"rule {rule['id']} fixes the threshold {rule['threshold']:g} but the notebook used "

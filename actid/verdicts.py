@@ -51,6 +51,7 @@ class Evidence:
     method: str = ""
     null: float | None = None
     threshold: float | None = None
+    tolerance: float | None = None
     leave_one_out: list[dict] = field(default_factory=list)
     untestable: str | None = None
 
@@ -144,7 +145,8 @@ def correlation_evidence(x, y, *, spearman: bool = False, units=None, seeds: int
     x, y = np.asarray(x, float), np.asarray(y, float)
     if units is None or len(set(np.asarray(units).tolist())) < 2:  # one seed: each run is its own unit
         units = np.arange(len(x))
-    units = np.asarray(units)
+    finite = np.isfinite(x) & np.isfinite(y)  # a run without the value (e.g. unfinished) drops out, with its unit
+    x, y, units = x[finite], y[finite], np.asarray(units)[finite]
     r, p = _correlation(x, y, spearman)
     method = ("Spearman ρ, Bonett-Wright interval" if spearman else "Pearson r, Fisher z interval")
     if not np.isfinite(r):
@@ -178,8 +180,7 @@ def threshold_evidence(values_by_seed: dict, threshold: float, *, interval: tupl
         rest = [v for t, v in seeds.items() if t != s]
         loo.append({"left_out": s, "estimate": float(np.mean(rest)), "p": None,
                     "interval": list(mean_interval(rest)) if len(rest) >= 2 else None})
-    return Evidence("threshold", float(values.mean()), interval, None, n or len(values), len(values),
-                    "run" if n else "seed",
+    return Evidence("threshold", float(values.mean()), interval, None, n or len(values), len(values), "seed",
                     method or ("one run, no interval" if len(values) == 1 else ""), threshold=float(threshold),
                     leave_one_out=loo)
 
@@ -192,10 +193,11 @@ def bootstrap_ratio_of_medians(numerator, denominator, n_boot: int = 2000, seed:
     return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
-def timing_evidence(hits: dict, chance: dict, *, seeds: int = 1) -> Evidence:
+def timing_evidence(hits: dict, chance: dict, *, seeds: int = 1, tolerance: float | None = None) -> Evidence:
     """Co-occurrence of a change with an event over runs. ``hits``: run -> whether its change fell within the
     tolerance of the event; ``chance``: run -> the probability of that if the change's position were uniform over
-    the evaluations it was searched among. p: P(at least as many hits) under that null (exact)."""
+    the evaluations it was searched among. p: P(at least as many hits) under that null (exact). ``tolerance``: the
+    evaluations within which a change counts as a hit (recorded, so that the claims stage can check it)."""
     names = [n for n in hits if n in chance]
     if not names:
         return not_testable("timing", "no run with both the event and the change")
@@ -203,13 +205,14 @@ def timing_evidence(hits: dict, chance: dict, *, seeds: int = 1) -> Evidence:
     def evidence(subset) -> dict:
         k = sum(bool(hits[n]) for n in subset)
         return {"estimate": k / len(subset), "p": at_least_tail([chance[n] for n in subset], k),
-                "interval": list(wilson_interval(k, len(subset)))}
+                "interval": list(wilson_interval(k, len(subset))),
+                "null": float(np.mean([chance[n] for n in subset]))}
 
     full = evidence(names)
     loo = [{"left_out": n, **evidence([m for m in names if m != n])} for n in names] if len(names) > 1 else []
     return Evidence("timing", full["estimate"], tuple(full["interval"]), full["p"], len(names), seeds, "run",
                     "fraction of runs co-occurring, Wilson interval; p: exact null of uniform timing",
-                    null=float(np.mean([chance[n] for n in names])), leave_one_out=loo)
+                    null=float(np.mean([chance[n] for n in names])), tolerance=tolerance, leave_one_out=loo)
 
 
 def estimator_column(id_column: str, estimator: str) -> str:
@@ -262,13 +265,15 @@ def _decide(rule: dict, kind: str, estimate, interval, p_adjusted, n: int, null)
     raise ValueError(f"unknown test {rule['test']!r} in rule {rule.get('id')}: use correlation, threshold or timing")
 
 
-def judge(rule: dict, evidence: dict, p_adjusted: float | None) -> tuple[str, str]:
+def judge(rule: dict, evidence: dict, p_adjusted: float | None, adjust=None) -> tuple[str, str]:
     """(verdict, why) of a claim's evidence (an :meth:`Evidence.to_dict`) under its rule, with its Holm-adjusted p.
+    ``adjust(p)``: the Holm-adjusted value of another p in this row's place in its family (default: p itself).
 
     Stability: each leave-one-out evidence must give the same verdict: for correlations and timing the whole test
-    again (its p scaled by the same Holm factor); for thresholds the side of the threshold on which the remaining
-    seeds' mean falls (two seeds' t-interval is too wide to mean anything). Seeds: ``agrees`` and ``contradicts``
-    need ``rule['min_seeds']`` seeds per condition (default 1 for tests over runs, 3 for threshold tests)."""
+    again (its p adjusted in the row's place, against its own null); for thresholds the side of the threshold on
+    which the remaining seeds' mean falls (two seeds' t-interval is too wide to mean anything). Seeds: ``agrees`` and
+    ``contradicts`` need ``rule['min_seeds']`` seeds per condition (default 1 for tests over runs, 3 for threshold
+    tests)."""
     if evidence.get("untestable"):
         return NOT_TESTABLE, evidence["untestable"]
     if evidence["kind"] != rule["test"]:
@@ -282,15 +287,15 @@ def judge(rule: dict, evidence: dict, p_adjusted: float | None) -> tuple[str, st
     if evidence["seeds"] < min_seeds:
         return INCONCLUSIVE, (f"would read {verdict}, but rests on {evidence['seeds']} seed(s); the rule asks for "
                               f"{min_seeds}")
-    factor = (p_adjusted / evidence["p"]) if p_adjusted is not None and evidence["p"] else 1.0
+    adjust = adjust or (lambda p: p)
     for loo in evidence.get("leave_one_out", []):
         if rule["test"] == "threshold":  # the side of the threshold the remaining seeds' mean falls on
             t, below = rule["threshold"], rule["direction"] == "below"
             other = AGREES if ((loo["estimate"] < t) if below else (loo["estimate"] > t)) else CONTRADICTS
-        else:  # the whole test again, its p scaled by the same Holm factor
-            p = None if loo.get("p") is None else min(1.0, loo["p"] * factor)
+        else:  # the whole test again, its p adjusted in the row's place
+            p = None if loo.get("p") is None else adjust(loo["p"])
             other = _decide(rule, evidence["kind"], loo["estimate"], loo.get("interval"), p, evidence["n"] - 1,
-                            evidence.get("null"))
+                            loo.get("null", evidence.get("null")))
         if other != verdict:
             return INCONCLUSIVE, f"would read {verdict}, but reads {other} without {evidence['unit']} {loo['left_out']}"
     return verdict, ""
@@ -298,6 +303,10 @@ def judge(rule: dict, evidence: dict, p_adjusted: float | None) -> tuple[str, st
 
 def _what_would_settle(rule: dict, evidence: dict) -> str:
     if rule["test"] == "correlation":
+        lo, hi = evidence["interval"]
+        if max(lo * rule["direction"], hi * rule["direction"]) < rule["paper_effect"]:
+            return (f"the interval excludes the paper's size ({rule['paper_effect']:g}) but not half of it, nor "
+                    f"zero (n = {evidence['n']})")
         n = n_for_correlation(rule["paper_effect"])
         return (f"a correlation of the paper's size ({rule['paper_effect']:g}) needs n = {n} at 80% power; "
                 f"this test had n = {evidence['n']}")

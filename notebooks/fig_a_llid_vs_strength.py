@@ -91,7 +91,8 @@ for ax, (dataset, reg) in zip(axes[0], panels):
                evidence=correlation_evidence(runs["strength"], runs[LLID], units=runs["seed"],
                                                  seeds=runs["seed"].nunique()),
                sensitivity=sensitivity(
-                   lambda c: correlation_evidence(runs["strength"], runs[c[LLID]], units=runs["seed"]), runs.columns,
+                   lambda c: correlation_evidence(runs["strength"], runs[c[LLID]], units=runs["seed"],
+                                                  seeds=runs["seed"].nunique()), runs.columns,
                    [LLID]), id_trust=flag(runs, LLID))
     color, marker = plotting.COLORS[reg], plotting.MARKERS[reg]
     if n >= 3:

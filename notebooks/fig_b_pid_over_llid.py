@@ -106,7 +106,7 @@ for ax, dataset in zip(axes[0], datasets):
                evidence=correlation_evidence(kept["pid_over_llid"], kept[VAL_ACC], units=kept["seed"],
                                              seeds=kept["seed"].nunique()),
                sensitivity=sensitivity(lambda c: correlation_evidence(kept[c[PID]] / kept[c[LLID]], kept[VAL_ACC],
-                                                                  units=kept["seed"]),
+                                                                  units=kept["seed"], seeds=kept["seed"].nunique()),
                                        kept.columns, [PID, LLID]), id_trust=worst([flag(kept, PID), flag(kept, LLID)]))
     if n >= 3:
         sns.regplot(x=kept["pid_over_llid"].to_numpy(), y=kept[VAL_ACC].to_numpy(), ax=ax, scatter=False,

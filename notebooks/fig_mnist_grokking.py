@@ -241,7 +241,7 @@ def lag_evidence(names: list[str], lags_of: dict, sign: int):
     hits = {n: bool(abs(lag["lag_evaluations"]) <= co_occurrence_evaluations
                     and np.sign(lag["rate_per_log_step"]) == sign) for n, lag in usable.items()}
     return timing_evidence(hits, {n: lag["chance"] for n, lag in usable.items()},
-                           seeds=len({config.loc[n, "seed"] for n in usable}))
+                           seeds=len({config.loc[n, "seed"] for n in usable}), tolerance=co_occurrence_evaluations)
 
 
 def seed_evidence(names, value, threshold, **kw):

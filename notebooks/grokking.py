@@ -169,7 +169,7 @@ claims = Claims("D", profile_label(runs))
 # the evidence: which grokking runs' drop co-occurs, against the chance of it under uniform timing (a null)
 timed = grokked[np.isfinite(grokked["co_occurrence_chance"].astype(float))]
 evidence = timing_evidence(dict(timed["co_occurs"]), dict(timed["co_occurrence_chance"].astype(float)),
-                           seeds=int(runs["seed"].nunique()))
+                           seeds=int(runs["seed"].nunique()), tolerance=co_occurrence_intervals)
 change = f"{id_column}_change_after_memorization"
 never = summary[~summary["grokked"].astype(bool)]
 control = (f"; control: the smoothed {id_label} changes by a median {grokked[change].astype(float).median():+.0%} "
@@ -190,7 +190,8 @@ def timing_with(column: str):
                                     co_occurrence_intervals=co_occurrence_intervals)
              for name, run in runs.groupby("run") if name in set(timed.index)}
     return timing_evidence({n: s["co_occurs"] for n, s in stats.items()},
-                           {n: s["co_occurrence_chance"] for n, s in stats.items()}, seeds=int(runs["seed"].nunique()))
+                           {n: s["co_occurrence_chance"] for n, s in stats.items()}, seeds=int(runs["seed"].nunique()),
+                           tolerance=co_occurrence_intervals)
 
 
 claims.add(

@@ -8,7 +8,7 @@ import yaml
 
 from actid import claim_rules
 from actid.claims import claim, main
-from actid.verdicts import correlation_evidence, threshold_evidence
+from actid.verdicts import correlation_evidence, threshold_evidence, timing_evidence
 
 
 def rule(study, test="correlation", **keys):
@@ -91,3 +91,40 @@ def test_an_unregistered_rule_or_a_changed_threshold_is_refused(tmp_path, regist
                                                  evidence=threshold_evidence({0: 0.5}, 0.8))]}))
     with pytest.raises(SystemExit, match="fixes the threshold 0.9 but the notebook used 0.8"):
         main([str(path), "-o", str(tmp_path / "claims.md"), "--rules", str(registry)])
+    rules = yaml.safe_load(registry.read_text())
+    timing = {"study": "two", "statistic": "s", "test": "timing", "tolerance_evaluations": 2, "fixed": "2026-12-07",
+              "version": 1, "amendments": []}
+    rules["d"] = {**timing, "digest": claim_rules.digest(timing)}
+    registry.write_text(yaml.safe_dump(rules))
+    path.write_text(json.dumps({"claims": [claim("D", "x", "p", "r", rule="d", profile="default",
+                                                 evidence=timing_evidence({0: True}, {0: 0.2}, tolerance=3))]}))
+    with pytest.raises(SystemExit, match="fixes a tolerance of 2 evaluations but the notebook used 3"):
+        main([str(path), "-o", str(tmp_path / "claims.md"), "--rules", str(registry)])
+
+
+def test_holm_adjusts_a_left_out_p_in_the_rows_place_and_a_near_duplicate_in_its_twins(tmp_path):
+    """Leaving a seed out raises the row's p; in its family that p may rank elsewhere and get a smaller Holm factor
+    than the row's own. A near-duplicate's p is adjusted as if it stood where the row it repeats stands."""
+    rules = {"a": rule("one"), "b": rule("one"), "c": rule("one"), "dup": rule("one", counted_with="a")}
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    x = np.tile(np.arange(6.0), 2)
+    y = np.concatenate([-np.arange(6.0), -np.arange(6.0) + np.array([0.0, 1.5, -1, 1.5, -1, 0.5])])
+    e = correlation_evidence(x, y, units=[0] * 6 + [1] * 6, seeds=2)
+    others = [evidence(0.0004), evidence(0.002)]
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"claims": [claim("A", "t", "p", "o", rule="a", evidence=e, profile="default"),
+                                        claim("B", "t", "p", "o", rule="b", evidence=others[0], profile="default"),
+                                        claim("C", "t", "p", "o", rule="c", evidence=others[1], profile="default"),
+                                        claim("D", "t", "p", "o", rule="dup", evidence=others[1],
+                                              profile="default")]}))
+    from actid.claims import verdicts
+    judged = verdicts(json.loads(m.read_text())["claims"], claim_rules.load(path))
+    loo_p = max(loo["p"] for loo in e.to_dict()["leave_one_out"])
+    ps = [e.p, others[0].p, others[1].p]
+    from actid.verdicts import holm
+    assert judged[0]["p_holm"] == pytest.approx(holm(ps)[0])
+    in_place = holm([loo_p] + ps[1:])[0]
+    assert (judged[0]["verdict"] == "agrees") == (in_place < 0.05 and holm(ps)[0] < 0.05)
+    assert judged[3]["p_holm"] == pytest.approx(holm([others[1].p] + ps[1:])[0])  # in a's place
+

@@ -143,3 +143,20 @@ def test_the_examples_behind_accuracies_and_the_error_behind_an_llid_are_read_of
     assert id_error(rows, "llid").tolist() == [0.3, 0.4]
     assert id_error(rows, "pid").tolist() == [0.3, 0.2]  # the layer whose ID is the peak, row by row
     assert np.isnan(id_error(rows, "id_mle/llid")).all()
+
+
+def test_a_missing_value_drops_its_pair_not_the_whole_correlation():
+    x, y = np.arange(8.0), -np.arange(8.0) + 0.1 * np.sin(np.arange(8.0))
+    y[3] = np.nan
+    e = correlation_evidence(x, y)
+    assert e.untestable is None and e.n == 7 and e.estimate < -0.99
+
+
+def test_timing_leave_one_out_uses_each_subsets_own_chance():
+    """Chances 0.9, 0.7, 0.7, 0.9 and one hit: the full set is rarer than chance, but without run 3 the subset's
+    upper bound (0.79) lies above its own chance (0.77): not a stable contradiction."""
+    e = timing_evidence({0: True, 1: False, 2: False, 3: False}, {0: 0.9, 1: 0.7, 2: 0.7, 3: 0.9},
+                        tolerance=2).to_dict()
+    assert e["tolerance"] == 2 and e["leave_one_out"][3]["null"] == pytest.approx(0.7667, abs=1e-3)
+    verdict, why = judge(TIMING, e, e["p"])
+    assert verdict == INCONCLUSIVE and why.startswith("would read contradicts")
