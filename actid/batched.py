@@ -164,13 +164,13 @@ def _train_locked(members, progress, stop_after, interrupt) -> None:
     probes = [probe_sets(t, build_probes(c.probes, c.seed)) for t, c in zip(tasks, cfgs)]
     all_evals = evaluation_steps(cfg0)
     states, resumed = [], []
-    for task, cfg, model, run in zip(tasks, cfgs, models, runs):
+    for task, cfg, model, run, run_measures in zip(tasks, cfgs, models, runs, measures):
         # each run's dropout stream: the default generator of the device a separate run would draw from, seeded
         # alike; on CUDA also a separate run's CPU stream (unused there)
         dropout = torch.Generator(device=device).manual_seed(cfg.seed)
         cpu, cuda = (dropout, None) if device.type != "cuda" else (torch.Generator().manual_seed(cfg.seed), dropout)
         states.append(TrainState.new(model, make_optimizer(model, cfg), len(task.train_x), cfg.batch_size, cfg.seed,
-                                     task.train_x.device, cpu, cuda))
+                                     task.train_x.device, cpu, cuda, measures=run_measures))
         resumed.append(states[-1].restore(run, now, all_evals))
     if len({(p.step, len(p.rows)) for p in resumed}) > 1:
         raise ValueError(f"runs {[r.name for r in runs]} are at different steps {[p.step for p in resumed]} (or rows); "

@@ -201,7 +201,7 @@ def _train_locked(task: Task, cfg: TrainConfig, run: Run, progress, stop_after, 
     if task.channels_last:
         model = model.to(memory_format=torch.channels_last)
     state = TrainState.new(model, make_optimizer(model, cfg), len(task.train_x), cfg.batch_size, cfg.seed,
-                           task.train_x.device, *TrainState.default_generators(device))
+                           task.train_x.device, *TrainState.default_generators(device), measures=measures)
     now = train_state.runtime(device, cfg.amp)
     train_state.warn_if_emulated_bf16(cfg.amp, device)
     all_evals = evaluation_steps(cfg)

@@ -13,7 +13,7 @@ A run resumes only where the facts that change its numbers (:func:`runtime`) are
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -124,13 +124,15 @@ class TrainState:
     aug_generator: torch.Generator
     cpu_rng: torch.Generator
     cuda_rng: torch.Generator | None = None
+    measures: list = field(default_factory=list)  # measures whose state() carries across evaluations
 
     @classmethod
     def new(cls, model: nn.Module, optimizer: torch.optim.Optimizer, n_train: int, batch_size: int, seed: int,
-            data_device: torch.device, cpu_rng: torch.Generator, cuda_rng: torch.Generator | None) -> TrainState:
+            data_device: torch.device, cpu_rng: torch.Generator, cuda_rng: torch.Generator | None,
+            measures: list | None = None) -> TrainState:
         """A run's state at step 0: its batch order seeded with ``seed``, its augmentation stream with seed + 1."""
         return cls(model, optimizer, EpochSampler(n_train, batch_size, seed, data_device),
-                   torch.Generator(device=data_device).manual_seed(seed + 1), cpu_rng, cuda_rng)
+                   torch.Generator(device=data_device).manual_seed(seed + 1), cpu_rng, cuda_rng, list(measures or []))
 
     @staticmethod
     def default_generators(device: torch.device) -> tuple[torch.Generator, torch.Generator | None]:
@@ -149,7 +151,10 @@ class TrainState:
                              "cpu_rng": self.cpu_rng.get_state(),
                              "cuda_rng": self.cuda_rng.get_state() if self.cuda_rng is not None else None,
                              "step": progress.step, "elapsed": float(progress.elapsed), "rows": rows,
-                             "runtime": runtime})
+                             "runtime": runtime, "measures": self.measure_states()})
+
+    def measure_states(self) -> dict:
+        return {m.name: st for m in self.measures if (st := m.state()) is not None}
 
     def restore(self, run: Run, runtime: dict, evaluation_steps: list[int]) -> Progress:
         """Load the run's checkpoint into these objects and make ``metrics.csv`` hold its rows; without a checkpoint,
@@ -169,6 +174,9 @@ class TrainState:
             self.cpu_rng.set_state(state["cpu_rng"])
             if self.cuda_rng is not None:
                 self.cuda_rng.set_state(state["cuda_rng"])
+            for m in self.measures:
+                if m.name in state.get("measures", {}):
+                    m.load_state(state["measures"][m.name])
             progress = Progress(state["step"], state["elapsed"], state["rows"])
             check_checkpoint_rows(run, progress.rows, progress.step, evaluation_steps)
             run.restore_rows(progress.rows)

@@ -9,6 +9,9 @@ Plain functions (any tensors, any model)::
     weight_entropy(weight)                               Golechha: -sum |w| log |w|
     local_circuit_complexity(model, layer, inputs)       Golechha: KL after zeroing 10% of a layer
     participation_ratio(activations)                     (sum lambda)^2 / sum lambda^2 of the covariance
+    effective_rank(activations, center)                  RankMe: exp of the entropy of the normalised singular values
+    debiased_cka(x, y)                                   debiased linear CKA of two representations of the same examples
+    nc1(activations, labels)                             neural collapse: tr(Sigma_W Sigma_B^+) / C
     manifold_capacity(manifolds, kappa, n_t, seed)       MFTMA capacity, radius, dimension, center correlation
     simulated_capacity(manifolds)                        capacity by brute-force separability (the check)
     weight_norms(model)                                  L2 norm per tensor and in total
@@ -22,6 +25,9 @@ kind                       needs        columns
 =========================  ===========  ================================================
 id                         activations  id/<layer>, id_err/<layer>, llid, pid
 participation_ratio        activations  participation_ratio/<layer>
+effective_rank             activations  effective_rank/<layer>   (RankMe)
+cka_drift                  activations  cka_drift/<layer>   (debiased CKA with the previous evaluation; stateful)
+nc1                        activations  nc1/<layer>   (within- over between-class variability)
 sparsity                   activations  sparsity/<layer>   (``threshold`` required)
 relative_sparsity          activations  relative_sparsity/<layer>   (``ratio`` required)
 representation_alignment   activations  representation_alignment/<layer> (in-class)
@@ -35,17 +41,20 @@ manifold_geometry          activations  capacity/<layer>, radius/<layer>, dimens
 """
 
 from actid.measures.alignment import GradientAlignment, RepresentationAlignment, alignment, gradient_alignment
+from actid.measures.collapse import NeuralCollapse, nc1
 from actid.measures.base import (REGISTRY, Evaluation, LayerMeasure, Measure, Probe, build_measure, build_measures,
                                  build_probes, register, resolve_measures, resolve_probes)
 from actid.measures.geometry import ManifoldGeometry, ManifoldGeometryMeasure, manifold_capacity, simulated_capacity
 from actid.measures.gradient_norm import RelativeGradientNorm, relative_gradient_norms
 from actid.measures.intrinsic import IntrinsicDimension, SkdimEstimator
-from actid.measures.linear import ParticipationRatio, participation_ratio
+from actid.measures.linear import EffectiveRank, ParticipationRatio, effective_rank, participation_ratio
+from actid.measures.similarity import RepresentationDrift, debiased_cka
 from actid.measures.progress import (CircuitComplexity, RelativeSparsity, Sparsity, WeightEntropy, WeightNorm,
                                      activation_sparsity, local_circuit_complexity, relative_activation_sparsity,
                                      weight_entropies, weight_entropy, weight_norms)
 
-__all__ = ["REGISTRY", "CircuitComplexity", "Evaluation", "GradientAlignment", "IntrinsicDimension", "LayerMeasure",
+__all__ = ["REGISTRY", "CircuitComplexity", "EffectiveRank", "Evaluation", "NeuralCollapse", "RepresentationDrift",
+           "debiased_cka", "effective_rank", "nc1", "GradientAlignment", "IntrinsicDimension", "LayerMeasure",
            "ManifoldGeometry", "ManifoldGeometryMeasure", "Measure", "ParticipationRatio", "Probe",
            "RelativeGradientNorm", "RelativeSparsity", "RepresentationAlignment", "SkdimEstimator", "Sparsity",
            "WeightEntropy", "WeightNorm", "activation_sparsity", "alignment", "build_measure", "build_measures",

@@ -135,6 +135,14 @@ class Measure:
     def __call__(self, ev: Evaluation) -> dict[str, float]:
         raise NotImplementedError
 
+    def state(self) -> dict | None:
+        """What the measure carries from one evaluation to the next (tensors and plain values only), saved in the
+        run's checkpoint so that a resumed run measures what an uninterrupted one does; None: nothing."""
+        return None
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned."""
+
 
 @dataclass(kw_only=True)
 class LayerMeasure(Measure):

@@ -2,6 +2,10 @@
 
 Participation ratio (Gao et al. 2017; Recanatesi et al. 2022): PR = (sum lambda)^2 / sum lambda^2 over the
 eigenvalues of the covariance of the activations; it runs from 1 (one direction) to D (isotropic).
+
+Effective rank (RankMe; Roy & Vetterli 2007, Garrido et al. 2023): exp of the Shannon entropy of the singular values
+normalised to sum to 1; k equal singular values give exactly k. RankMe reads the embeddings as they are (not
+centred); ``center=True`` measures the covariance's spectrum instead.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from actid.config import flag, param
 from actid.measures.base import LayerMeasure, as_real_tensor, register
 
 
@@ -47,6 +52,22 @@ def participation_ratio(activations) -> float:
     return float(trace * trace / frob2)
 
 
+def effective_rank(activations, center: bool = False) -> float:
+    """RankMe: exp(-sum p_k log p_k) with p_k = s_k / sum s over the singular values s of the rows (0 log 0 = 0).
+
+    Between 1 and min(n, features); k equal nonzero singular values give k. ``center`` subtracts the mean row."""
+    X = _as_rows(activations).double()
+    if center:
+        X = X - X.mean(dim=0, keepdim=True)
+    s = torch.linalg.svdvals(X)
+    total = s.sum()
+    if total == 0:
+        raise ValueError("effective_rank is undefined: the activations are all zero" +
+                         (" after centring (all examples identical)" if center else ""))
+    p = s[s > 0] / total
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
 # --- plug-in for the training loop (see actid.measures.base) -----------------------------------------
 
 
@@ -60,3 +81,16 @@ class ParticipationRatio(LayerMeasure):
 
     def value(self, activations, labels) -> float:
         return participation_ratio(activations)
+
+
+@register
+@dataclass(kw_only=True)
+class EffectiveRank(LayerMeasure):
+    """Effective rank (RankMe) of each layer's activations on the probe: ``effective_rank/<layer>``."""
+
+    kind = "effective_rank"
+
+    center: bool = param(False, flag())
+
+    def value(self, activations, labels) -> float:
+        return effective_rank(activations, self.center)
