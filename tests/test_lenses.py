@@ -116,3 +116,16 @@ def test_cka_drift_is_recorded_per_evaluation_and_a_resumed_run_measures_the_sam
     torch.manual_seed(999)
     resumed = train(*build(TINY), tmp_path / "resumed", progress=False)  # the drift at 16 needs the state at 8
     pd.testing.assert_frame_equal(full, resumed)
+
+
+def test_a_profile_adds_lenses_to_a_study_s_own_measures_and_a_bad_lens_is_refused_before_any_run():
+    from actid.pipeline.grid import InvalidSweep, resolve_grid
+    params = {"memorization": {"tiny": {"fixed": {"epochs": 1, "lenses": {"nc1": {"probe": "val"},
+                                                                           "effective_rank": {"every": 2}}},
+                                        "grid": {"init_std": [0.1]}}}}
+    _, (config,) = resolve_grid("memorization", params, "tiny")
+    assert {"gradient_alignment", "id", "nc1", "effective_rank"} <= set(config["measures"])  # its own kept
+    assert config["measures"]["effective_rank"]["every"] == 2 and "lenses" not in config
+    params["memorization"]["tiny"]["fixed"]["lenses"] = {"nc1": {"probe": "nowhere"}}
+    with pytest.raises(InvalidSweep, match="nowhere"):
+        resolve_grid("memorization", params, "tiny")

@@ -84,6 +84,21 @@ def sweep_points(params: dict, experiment: str, profile: str) -> tuple[dict, lis
     return section.get("fixed", {}), list(unique.values())
 
 
+def resolve_point(exp, config: dict) -> dict:
+    """One grid point's run config. ``lenses: {name: params}`` adds measures to those the experiment (or the
+    point's ``measures``) already takes, so that a profile can put every lens on a study's runs without restating
+    the study's own measures; a lens named like one of them replaces it. The run's config records the merged
+    ``measures`` (``lenses`` itself is not a run key)."""
+    config = dict(config)
+    lenses = config.pop("lenses", None)
+    resolved = exp.resolve(config)
+    if lenses:
+        if not isinstance(lenses, dict):
+            raise TypeError(f"lenses must be a mapping {{name: parameters}}, got {lenses!r}")
+        resolved = exp.resolve({**config, "measures": {**resolved["measures"], **lenses}})
+    return resolved
+
+
 def resolve_grid(name: str, params: dict, profile: str, overrides: dict | None = None
                  ) -> tuple[list[dict], list[dict]]:
     """The profile's grid points and their resolved run configs, or :class:`InvalidSweep` naming the bad point."""
@@ -97,7 +112,7 @@ def resolve_grid(name: str, params: dict, profile: str, overrides: dict | None =
     configs = []
     for point in points:
         try:
-            configs.append(exp.resolve({**fixed, **point, **(overrides or {})}))
+            configs.append(resolve_point(exp, {**fixed, **point, **(overrides or {})}))
         except (KeyError, ValueError, TypeError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError quotes its text
             raise InvalidSweep(f"grid point {run_name(point)} of {name}.{profile}: {message}") from None
