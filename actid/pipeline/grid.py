@@ -87,15 +87,18 @@ def sweep_points(params: dict, experiment: str, profile: str) -> tuple[dict, lis
 def resolve_point(exp, config: dict) -> dict:
     """One grid point's run config. ``lenses: {name: params}`` adds measures to those the experiment (or the
     point's ``measures``) already takes, so that a profile can put every lens on a study's runs without restating
-    the study's own measures; a lens named like one of them replaces it. The run's config records the merged
-    ``measures`` (``lenses`` itself is not a run key)."""
+    the study's own measures; a lens named like one of them replaces it. ``lens_probes: {name: probe}`` adds the
+    probes they need in the same way. The run's config records the merged ``measures`` and ``probes`` (``lenses``
+    and ``lens_probes`` are not run keys)."""
     config = dict(config)
-    lenses = config.pop("lenses", None)
+    lenses, lens_probes = config.pop("lenses", None), config.pop("lens_probes", None)
     resolved = exp.resolve(config)
-    if lenses:
-        if not isinstance(lenses, dict):
-            raise TypeError(f"lenses must be a mapping {{name: parameters}}, got {lenses!r}")
-        resolved = exp.resolve({**config, "measures": {**resolved["measures"], **lenses}})
+    for key, value in (("lenses", lenses), ("lens_probes", lens_probes)):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{key} must be a mapping {{name: parameters}}, got {value!r}")
+    if lenses or lens_probes:
+        resolved = exp.resolve({**config, "measures": {**resolved["measures"], **(lenses or {})},
+                                "probes": {**resolved["probes"], **(lens_probes or {})}})
     return resolved
 
 
