@@ -59,12 +59,13 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from actid import plotting
+from actid.analysis.stats import examples_behind
 from actid.claims import Claims, profile_label
 from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import Run, load_runs
 from actid.schema import ID, STEP, columns_of
-from actid.verdicts import not_testable, threshold_evidence
+from actid.verdicts import not_testable, threshold_evidence, wilson_interval
 
 plotting.use_style()
 runs = load_runs(resolve(runs_dir))
@@ -118,9 +119,13 @@ for split, label, color in (("val_acc", "test", "black"),
                             ("unpermuted_acc", "unpermuted training (true labels)", KIND_COLORS["unpermuted"]),
                             ("permuted_acc", "permuted training (training labels)", KIND_COLORS["permuted"])):
     axes[0].plot(steps, run_rows[split], marker=".", label=label, color=color)
+    n = examples_behind(run_rows[split])  # accuracies are k / n: a 95% Wilson band needs n
+    if n:
+        bounds = np.array([wilson_interval(round(a * n), n) for a in run_rows[split]])
+        axes[0].fill_between(steps, bounds[:, 0], bounds[:, 1], color=color, alpha=0.15, lw=0)
 axes[0].set_xscale("log")
 axes[0].set_xlabel("step (0 plotted at 1)")
-axes[0].set_title("accuracy")
+axes[0].set_title("accuracy (bands: 95% Wilson intervals)")
 axes[0].legend(loc="upper left", fontsize="small")
 for ax, layer in zip(axes[1:], deep):
     for kind in KINDS:

@@ -50,20 +50,21 @@ chance_margin = 0.1  # largest sigma memorizes: final train accuracy >= 0.99, va
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 
 from actid import plotting
 from actid.analysis.memorization import GRADIENT_ALIGNMENT, memorization_summary
-from actid.analysis.stats import pearson, spearman
+from actid.analysis.stats import examples_behind, pearson, spearman
 from actid.calibration import calibrated_limit
 from actid.claims import Claims, profile_label
 from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import STEP
-from actid.verdicts import correlation_evidence, mean_interval, not_testable, threshold_evidence
+from actid.verdicts import correlation_evidence, mean_interval, not_testable, threshold_evidence, wilson_interval
 
 plotting.use_style()
 ACTIVATIONS = ["sin", "relu", "sigmoid"]
@@ -124,6 +125,12 @@ for ax, act in zip(axes[0], activations):
     seed_band(ax, part, "final_val_acc", ACT_COLORS[act])
     ax.scatter(part["init_std"], part["final_train_acc"], color=plotting.COLORS["train_acc"], s=20)
     ax.scatter(part["init_std"], part["final_val_acc"], color=ACT_COLORS[act], s=20)
+    n_val = examples_behind(summary["final_val_acc"])  # accuracies are k / n: Wilson intervals need n
+    if n_val:
+        accs = part["final_val_acc"].astype(float).to_numpy()
+        bounds = np.array([wilson_interval(round(a * n_val), n_val) for a in accs])
+        ax.errorbar(part["init_std"], accs, yerr=np.abs(bounds.T - accs), fmt="none", ecolor=ACT_COLORS[act],
+                    lw=0.8, capsize=2)
     mark_unfinished(ax, part, "init_std", "final_val_acc")
     ax.axhline(chance, color="black", lw=0.8, ls=":")
     ax.set(xscale="log", xlabel=SIGMA, ylim=(-0.02, 1.02), title=f"φ = {act}")
@@ -131,7 +138,7 @@ axes[0][0].set_ylabel("final accuracy")
 handles = [Line2D([], [], color=plotting.COLORS["train_acc"], marker="o", ls="--", label="training accuracy"),
            *[Line2D([], [], color=ACT_COLORS[a], marker="o", label=f"validation accuracy ({a})") for a in activations],
            Line2D([], [], color="black", marker="o", ls="-",
-                  label="points: runs; lines: mean over seeds; band: its 95% interval"),
+                  label="points: runs (bars: 95% Wilson interval); lines: mean over seeds; band: its 95% interval"),
            Line2D([], [], color="black", lw=0.8, ls=":", label=f"chance ({chance:.0%})")]
 if not summary["finished"].all():
     handles.append(plotting.unfinished_handle())

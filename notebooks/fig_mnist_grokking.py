@@ -63,14 +63,14 @@ from matplotlib.lines import Line2D
 
 from actid import plotting
 from actid.analysis.mnist_grokking import measure_lags, midpoint_grokking
-from actid.analysis.stats import id_error
+from actid.analysis.stats import examples_behind, id_error
 from actid.calibration import flag
 from actid.claims import Claims, profile_label
 from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, STEP, acc
-from actid.verdicts import not_testable, sensitivity, threshold_evidence, timing_evidence
+from actid.verdicts import not_testable, sensitivity, threshold_evidence, timing_evidence, wilson_interval
 
 plotting.use_style()
 runs = load_runs(resolve(runs_dir))
@@ -118,7 +118,7 @@ summary.T
 
 # %%
 panels = [
-    ("accuracy", [(acc("train"), "train accuracy", plotting.COLORS["train_acc"], "-"),
+    ("accuracy\n(bands: 95% Wilson)", [(acc("train"), "train accuracy", plotting.COLORS["train_acc"], "-"),
                   (acc("val"), "validation accuracy", plotting.COLORS["val_acc"], "-")]),
     ("weight norm (L2, all parameters)", [("weight_norm/total", None, "black", "-")]),
     ("activation sparsity\n(training inputs)", [
@@ -146,6 +146,10 @@ for j, name in enumerate(order):
                 err = id_error(run[ok], column)
                 ax.fill_between(run.loc[ok, STEP], run.loc[ok, column] - err, run.loc[ok, column] + err, color=color,
                                 alpha=0.2, lw=0)
+            n = examples_behind(run.loc[ok, column]) if column in (acc("train"), acc("val")) else None
+            if n:  # accuracies are k / n: a 95% Wilson band
+                bounds = np.array([wilson_interval(round(a * n), n) for a in run.loc[ok, column]])
+                ax.fill_between(run.loc[ok, STEP], bounds[:, 0], bounds[:, 1], color=color, alpha=0.2, lw=0)
         grok_step = stats["grok_step"] if stats["grokked"] else np.nan
         for step, style in ((stats["saturation_step"], ":"), (grok_step, "--")):
             if np.isfinite(step):

@@ -129,3 +129,27 @@ def test_a_profile_adds_lenses_to_a_study_s_own_measures_and_a_bad_lens_is_refus
     params["memorization"]["tiny"]["fixed"]["lenses"] = {"nc1": {"probe": "nowhere"}}
     with pytest.raises(InvalidSweep, match="nowhere"):
         resolve_grid("memorization", params, "tiny")
+
+
+def test_the_lens_race_notebook_times_every_lens_against_the_events(tmp_path, run_notebook):
+    from actid.pipeline.local import run_sweep
+    tiny = {"train_images": 100, "hidden_units": 32, "batch_size": 10, "epochs": 3, "eval_log_points": 10,
+            "lenses": {"nc1": {}, "effective_rank": {}, "cka_drift": {}},
+            "lens_probes": {"train": {"split": "train", "per_class": 5}}}  # replaces the study's 100 per class
+    params = {"memorization": {"tiny": {"fixed": tiny, "grid": {"activation": ["sin"], "init_std": [0.1],
+                                                               "seed": [0, 1, 2]}}}}
+    run_sweep("memorization", params, tmp_path / "runs" / "memorization", "tiny")
+    conditions = {"memorization": {"where": {"activation": "sin", "init_std": 0.1}, "layer": "hidden",
+                                   "event": "memorization"}}
+    done = run_notebook("lens_race", tmp_path / "race.ipynb", runs_dir=tmp_path / "runs", out_dir=tmp_path / "fig",
+                        n_boot=49, n_perm=49, conditions=conditions)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    points = pd.read_csv(tmp_path / "fig" / "change_points.csv")
+    lenses = set(points["lens"])
+    assert {"LLID", "NC1", "effective rank", "CKA drift", "grad. alignment", "repr. alignment"} <= lenses
+    assert points.groupby(["lens", "event"])["seed"].nunique().eq(3).all()  # every seed of the condition
+    assert np.isfinite(points.loc[points["lens"] == "NC1", "change_step"]).all()
+    race = pd.read_csv(tmp_path / "fig" / "race.csv")
+    assert set(race["event"]) == {"memorization", "generalization"} and race["main_event"].any()
+    for stem in ("lags", "curves"):
+        assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 10_000

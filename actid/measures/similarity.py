@@ -64,7 +64,7 @@ class RepresentationDrift(Measure):
 
     The previous representation is the measure's state: it is saved in the run's checkpoint (float32, as
     captured), so a resumed run measures the same drift as an uninterrupted one. The checkpoint grows by
-    n x features x 4 bytes per layer: choose ``layers`` accordingly for wide convolutional layers."""
+    n x features x 4 bytes per layer: leave wide convolutional layers out of its layer list."""
 
     kind = "cka_drift"
     needs = "activations"
