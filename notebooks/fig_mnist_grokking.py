@@ -118,8 +118,8 @@ summary.T
 
 # %%
 panels = [
-    ("accuracy\n(bands: 95% Wilson)", [(acc("train"), "train accuracy", plotting.COLORS["train_acc"], "-"),
-                  (acc("val"), "validation accuracy", plotting.COLORS["val_acc"], "-")]),
+    ("accuracy", [(acc("train"), "train accuracy (band: 95% Wilson interval)", plotting.COLORS["train_acc"], "-"),
+                  (acc("val"), "validation accuracy (band: 95% Wilson interval)", plotting.COLORS["val_acc"], "-")]),
     ("weight norm (L2, all parameters)", [("weight_norm/total", None, "black", "-")]),
     ("activation sparsity\n(training inputs)", [
         ("sparsity/relu1", "sparsity relu1, a < 0.1", plotting.PALETTE[0], "-"),
