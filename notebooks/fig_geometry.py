@@ -57,6 +57,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
+from scipy.stats import t as student_t
 
 from actid import plotting
 from actid.analysis.stats import examples_behind
@@ -126,16 +127,31 @@ for split, label, color in (("val_acc", "test", "black"),
 axes[0].set_xscale("log")
 axes[0].set_xlabel("step (0 plotted at 1)")
 axes[0].set_title("accuracy (bands: 95% Wilson intervals)")
+axes[0].set_ylim(-0.02, 1.5)  # head room for the legend, off the curves
+axes[0].set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
 axes[0].legend(loc="upper left", fontsize="small")
+seeds_rows = chosen.assign(step_plotted=chosen[STEP].clip(lower=1))
+n_seeds = seeds_rows["run"].nunique()
 for ax, layer in zip(axes[1:], deep):
     for kind in KINDS:
         ax.plot(steps, run_rows[f"{kind}.capacity/{layer}"], marker=".", color=KIND_COLORS[kind], label=kind)
+        if n_seeds >= 2:  # the mean over seeds with a 95% t-band
+            curves = seeds_rows.pivot_table(index="step_plotted", columns="run",
+                                            values=f"{kind}.capacity/{layer}").dropna()
+            half = student_t.ppf(0.975, curves.shape[1] - 1) * curves.std(axis=1) / np.sqrt(curves.shape[1])
+            ax.fill_between(curves.index, curves.mean(axis=1) - half, curves.mean(axis=1) + half,
+                            color=KIND_COLORS[kind], alpha=0.15, lw=0)
+            ax.plot(curves.index, curves.mean(axis=1), color=KIND_COLORS[kind], ls="--", lw=0.9)
     ax.axvline(max(early, 1), color="gray", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("step (0 plotted at 1)")
     ax.set_title(f"capacity α_M, layer {layer}")
-plotting.legend_below(fig, [Line2D([], [], color=KIND_COLORS[k], label=f"{k} manifolds") for k in KINDS]
-                      + [Line2D([], [], color="gray", ls=":", label="best test accuracy")], ncol=4)
+plotting.legend_below(fig, [Line2D([], [], color=KIND_COLORS[k], marker=".", label=f"{k} manifolds ({name})")
+                            for k in KINDS]
+                      + [Line2D([], [], color="gray", ls=":", label="best test accuracy")]
+                      + ([Line2D([], [], color="black", ls="--", lw=0.9,
+                                 label=f"mean of {n_seeds} seeds (band: 95% t-interval)")] if n_seeds >= 2 else []),
+                      ncol=3)
 plotting.save_figure(fig, out, "geometry_over_training")
 
 # %% [markdown]

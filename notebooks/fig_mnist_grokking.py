@@ -60,6 +60,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
+from scipy.stats import t as student_t
 
 from actid import plotting
 from actid.analysis.mnist_grokking import measure_lags, midpoint_grokking
@@ -120,7 +121,7 @@ summary.T
 panels = [
     ("accuracy", [(acc("train"), "train accuracy (band: 95% Wilson interval)", plotting.COLORS["train_acc"], "-"),
                   (acc("val"), "validation accuracy (band: 95% Wilson interval)", plotting.COLORS["val_acc"], "-")]),
-    ("weight norm (L2, all parameters)", [("weight_norm/total", None, "black", "-")]),
+    ("weight norm\n(L2, all parameters)", [("weight_norm/total", None, "black", "-")]),
     ("activation sparsity\n(training inputs)", [
         ("sparsity/relu1", "sparsity relu1, a < 0.1", plotting.PALETTE[0], "-"),
         ("sparsity/relu2", "sparsity relu2, a < 0.1", plotting.PALETTE[1], "-"),
@@ -177,6 +178,38 @@ plotting.legend_below(fig, handles, ncol=4)
 fig.suptitle(f"Accuracy, weight norm and progress measures against training step ({runs['dataset'].iloc[0]}, "
              f"weight decay {runs['weight_decay'].iloc[0]:g})")
 plotting.save_figure(fig, out, "measures")
+
+# %% [markdown]
+# Where a variant has several seeds: each curve's mean over the seeds with a 95% t-band (`measures_seed_mean.png`).
+
+# %%
+variants = config.loc[order].groupby("variant", sort=False).groups
+if max(len(names) for names in variants.values()) >= 2:
+    fig, axes = plt.subplots(len(panels), len(variants), figsize=(4.2 * len(variants), 2.3 * len(panels) + 1.2),
+                             squeeze=False, sharex=True)
+    for j, (name, members) in enumerate(variants.items()):
+        group = runs[runs["run"].isin(members)]
+        for i, (label, lines) in enumerate(panels):
+            ax = axes[i][j]
+            for column, _, color, ls in lines:
+                curves = group.pivot_table(index=STEP, columns="run", values=column).dropna()
+                if curves.empty:
+                    continue
+                mean = curves.mean(axis=1)
+                ax.plot(curves.index, mean, color=color, ls=ls, lw=1.4)
+                if curves.shape[1] >= 2:
+                    half = student_t.ppf(0.975, curves.shape[1] - 1) * curves.std(axis=1) / np.sqrt(curves.shape[1])
+                    ax.fill_between(curves.index, mean - half, mean + half, color=color, alpha=0.2, lw=0)
+            ax.set_xscale("symlog", linthresh=10)
+            if j == 0:
+                ax.set_ylabel(label)
+        axes[0][j].set_title(f"{name}\nmean of {len(members)} seed(s)")
+        axes[0][j].set_ylim(-0.02, 1.02)
+        axes[-1][j].set_xlabel("training step")
+    plotting.legend_below(fig, [Line2D([], [], color=color, ls=ls, label=text)
+                                for _, lines in panels for _, text, color, ls in lines if text], ncol=4)
+    fig.suptitle("Seed means of the measures against training step (bands: 95% t-interval over seeds)")
+    plotting.save_figure(fig, out, "measures_seed_mean")
 
 # %% [markdown]
 # ## The papers' claims, tested on these runs
