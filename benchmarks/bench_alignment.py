@@ -26,7 +26,7 @@ from actid.experiments import memorization
 from actid.measures import build_measures, build_probes, gradient_alignment
 from actid.measures.alignment import omega_from_sums
 from actid.paths import ROOT
-from actid.pipeline.grid import sweep_points
+from actid.pipeline.grid import resolve_point, sweep_points
 from actid.train import TrainConfig
 
 
@@ -62,8 +62,8 @@ def main() -> None:
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     fixed, _ = sweep_points(params, "memorization", "default")
-    config = memorization.resolve({**fixed, "activation": args.activation, "init_std": args.init_std,
-                                   "device": args.device})
+    config = resolve_point(memorization.EXPERIMENT, {**fixed, "activation": args.activation,
+                                                     "init_std": args.init_std, "device": args.device})
     task, cfg = memorization.build(config)
     device = task.train_x.device
     probes = probe_sets(task, build_probes(cfg.probes, cfg.seed))

@@ -31,7 +31,7 @@ import yaml
 from actid.evaluation import evaluate, probe_sets
 from actid.measures import build_measures, build_probes
 from actid.paths import ROOT
-from actid.pipeline.grid import sweep_points
+from actid.pipeline.grid import resolve_point, sweep_points
 from actid.train import TrainConfig, train
 
 LAST = {"grokking": "blocks.1.mlp", "regularization": "avg_pool"}  # LLID layers
@@ -100,7 +100,7 @@ def bench(experiment: str, device: str, repeats: int) -> dict:
     module = importlib.import_module(f"actid.experiments.{experiment}")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     fixed, points = sweep_points(params, experiment, "default")
-    config = module.resolve({**fixed, **points[0], "device": device})
+    config = resolve_point(module.EXPERIMENT, {**fixed, **points[0], "device": device})  # lenses included
     task, cfg = module.build(config)
     dev = task.train_x.device
     steps_per_epoch = -(-len(task.train_x) // cfg.batch_size)

@@ -9,9 +9,10 @@ import torch
 import yaml
 
 from actid.data.permuted import manifold_samples, permute_labels
-from actid.experiments.geometry import (KINDS, REWINDING, build, resolve, rewind_sets, rewinding_grid, rewound,
-                                        weight_layers)
+from actid.experiments.geometry import (EXPERIMENT, KINDS, REWINDING, build, resolve, rewind_sets, rewinding_grid,
+                                        rewound, weight_layers)
 from actid.paths import ROOT
+from actid.pipeline.grid import resolve_point
 from actid.runs import Run, load_runs
 from actid.sweep import main as sweep_main
 
@@ -199,8 +200,9 @@ def test_tiny_sweep_tracks_every_kind_and_rewinding_all_layers_reproduces_each_e
 def test_profiles_resolve_default_one_half_permuted_mlp_run_paper_vgg16_on_cifar100():
     profiles = yaml.safe_load((ROOT / "params.yaml").read_text())["geometry"]
     assert profiles["default"]["grid"] == {"permuted_fraction": [0.5]}
-    default = resolve(profiles["default"]["fixed"])
+    default = resolve_point(EXPERIMENT, profiles["default"]["fixed"])  # as the sweep does: lenses join the measures
     assert default["dataset"] == "mnist5k" and default["model"] == "mlp"
+    assert {"permuted", "id", "nc1", "cka_drift"} <= set(default["measures"]) and "lenses" not in default
     paper = resolve(profiles["paper"]["fixed"])
     assert (paper["model"], paper["dataset"], paper["train_images"], paper["width"], paper["hidden"]) == \
         ("vgg16", "cifar100", None, 64, 4096)

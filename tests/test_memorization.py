@@ -252,11 +252,10 @@ def test_figure_notebook_under_papermill(tmp_path, run_notebook):
 
 
 def test_params_profiles_resolve_to_the_reference_recipe():
-    from actid.pipeline.grid import sweep_points
+    from actid.pipeline.grid import resolve_grid
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for profile, dataset, n_runs in [("paper", "cifar10", 14), ("default", "mnist5k", 21)]:
-        fixed, points = sweep_points(params, "memorization", profile)
-        configs = [resolve({**fixed, **p}) for p in points]
+        _, configs = resolve_grid("memorization", params, profile)  # as the sweep resolves them
         assert len(configs) == n_runs and {c["dataset"] for c in configs} == {dataset}
         assert {c["activation"] for c in configs} == {"sin", "relu"}
         assert sorted({c["init_std"] for c in configs}) == [0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 10.0]

@@ -15,7 +15,7 @@ from actid.analysis.stats import pearson
 from actid.data.images import write_fake_cifar
 from actid.experiments.regularization import RECIPES, build, prepare, resolve
 from actid.paths import ROOT
-from actid.pipeline.grid import sweep_points
+from actid.pipeline.grid import resolve_grid, sweep_points
 from actid.pipeline.local import run_sweep
 from actid.runs import Run, load_runs
 from actid.train import lr_factor, train
@@ -202,16 +202,14 @@ def test_train_images_is_a_fixed_class_balanced_subset():
 def test_default_profile_trains_in_fp32():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for experiment in ("grokking", "regularization"):
-        fixed, points = sweep_points(params, experiment, "default")
-        module = __import__(f"actid.experiments.{experiment}", fromlist=["resolve"])
-        assert not any(module.resolve({**fixed, **p})["amp"] for p in points), experiment
+        _, configs = resolve_grid(experiment, params, "default")  # as the sweep resolves them
+        assert not any(c["amp"] for c in configs), experiment
 
 
 def test_params_profiles_resolve():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for profile, n_runs in [("paper", 76), ("default", None)]:
-        fixed, points = sweep_points(params, "regularization", profile)
-        configs = [resolve({**fixed, **p}) for p in points]
+        points, configs = resolve_grid("regularization", params, profile)
         assert all(regularizer(c["weight_decay"], c["dropout"]) != "both" for c in configs)
         if n_runs:
             assert len(points) == n_runs
