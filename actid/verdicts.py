@@ -100,6 +100,24 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def wilson_intervals(accuracies, n: int, level: float = 0.95) -> np.ndarray:
+    """Wilson intervals of accuracies each computed on ``n`` examples: an array (len, 2) of lower and upper bounds
+    (``n`` from :func:`actid.analysis.stats.examples_behind` where it is not known)."""
+    return np.array([wilson_interval(round(a * n), n, level) for a in np.asarray(accuracies, float)]).reshape(-1, 2)
+
+
+def mean_band(curves, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mean over seeds (columns) at each step (rows) of ``curves``, and the Student-t interval of that mean
+    (NaNs with fewer than two seeds): a curve's seed mean and its band."""
+    values = np.asarray(curves, float)
+    mean, n = values.mean(axis=1), values.shape[1]
+    if n < 2:
+        return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+    from scipy import stats
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * values.std(axis=1, ddof=1) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def mean_interval(values, level: float = 0.95) -> tuple[float, float]:
     """Student-t interval of the mean of per-seed values (NaNs with fewer than two)."""
     values = np.asarray(values, float)

@@ -63,7 +63,7 @@ from actid.io import write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, PID, acc
-from actid.verdicts import correlation_evidence, sensitivity, wilson_interval
+from actid.verdicts import correlation_evidence, sensitivity, wilson_intervals
 
 VAL_ACC = acc("val")
 PAPER_R = {"cifar100": 0.92, "cifar10": 0.96}
@@ -116,7 +116,7 @@ for ax, dataset in zip(axes[0], datasets):
         n_val = examples_behind(final[VAL_ACC])  # accuracies are k / n: Wilson intervals need n
         yerr = None
         if n_val:
-            bounds = np.array([wilson_interval(round(a * n_val), n_val) for a in runs[VAL_ACC]])
+            bounds = wilson_intervals(runs[VAL_ACC], n_val)
             yerr = np.abs(bounds.T - runs[VAL_ACC].to_numpy())
         ax.errorbar(runs["pid_over_llid"], runs[VAL_ACC], xerr=ratio_err, yerr=yerr, fmt="none", ecolor="0.5", lw=0.8,
                     zorder=2)

@@ -57,7 +57,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
-from scipy.stats import t as student_t
 
 from actid import plotting
 from actid.analysis.stats import examples_behind
@@ -66,7 +65,7 @@ from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import Run, load_runs
 from actid.schema import ID, STEP, columns_of
-from actid.verdicts import not_testable, threshold_evidence, wilson_interval
+from actid.verdicts import mean_band, not_testable, threshold_evidence, wilson_intervals
 
 plotting.use_style()
 runs = load_runs(resolve(runs_dir))
@@ -122,7 +121,7 @@ for split, label, color in (("val_acc", "test", "black"),
     axes[0].plot(steps, run_rows[split], marker=".", label=label, color=color)
     n = examples_behind(run_rows[split])  # accuracies are k / n: a 95% Wilson band needs n
     if n:
-        bounds = np.array([wilson_interval(round(a * n), n) for a in run_rows[split]])
+        bounds = wilson_intervals(run_rows[split], n)
         axes[0].fill_between(steps, bounds[:, 0], bounds[:, 1], color=color, alpha=0.15, lw=0)
 axes[0].set_xscale("log")
 axes[0].set_xlabel("step (0 plotted at 1)")
@@ -138,10 +137,9 @@ for ax, layer in zip(axes[1:], deep):
         if n_seeds >= 2:  # the mean over seeds with a 95% t-band
             curves = seeds_rows.pivot_table(index="step_plotted", columns="run",
                                             values=f"{kind}.capacity/{layer}").dropna()
-            half = student_t.ppf(0.975, curves.shape[1] - 1) * curves.std(axis=1) / np.sqrt(curves.shape[1])
-            ax.fill_between(curves.index, curves.mean(axis=1) - half, curves.mean(axis=1) + half,
-                            color=KIND_COLORS[kind], alpha=0.15, lw=0)
-            ax.plot(curves.index, curves.mean(axis=1), color=KIND_COLORS[kind], ls="--", lw=0.9)
+            mean, lo, hi = mean_band(curves)
+            ax.fill_between(curves.index, lo, hi, color=KIND_COLORS[kind], alpha=0.15, lw=0)
+            ax.plot(curves.index, mean, color=KIND_COLORS[kind], ls="--", lw=0.9)
     ax.axvline(max(early, 1), color="gray", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("step (0 plotted at 1)")

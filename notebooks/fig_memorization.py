@@ -64,7 +64,7 @@ from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import STEP
-from actid.verdicts import correlation_evidence, mean_interval, not_testable, threshold_evidence, wilson_interval
+from actid.verdicts import correlation_evidence, mean_interval, not_testable, threshold_evidence, wilson_intervals
 
 plotting.use_style()
 ACTIVATIONS = ["sin", "relu", "sigmoid"]
@@ -128,7 +128,7 @@ for ax, act in zip(axes[0], activations):
     n_val = examples_behind(summary["final_val_acc"])  # accuracies are k / n: Wilson intervals need n
     if n_val:
         accs = part["final_val_acc"].astype(float).to_numpy()
-        bounds = np.array([wilson_interval(round(a * n_val), n_val) for a in accs])
+        bounds = wilson_intervals(accs, n_val)
         ax.errorbar(part["init_std"], accs, yerr=np.abs(bounds.T - accs), fmt="none", ecolor=ACT_COLORS[act],
                     lw=0.8, capsize=2)
     mark_unfinished(ax, part, "init_std", "final_val_acc")

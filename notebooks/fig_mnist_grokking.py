@@ -60,7 +60,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
-from scipy.stats import t as student_t
 
 from actid import plotting
 from actid.analysis.mnist_grokking import measure_lags, midpoint_grokking
@@ -71,7 +70,8 @@ from actid.io import write_csv, write_json
 from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import LLID, STEP, acc
-from actid.verdicts import not_testable, sensitivity, threshold_evidence, timing_evidence, wilson_interval
+from actid.verdicts import (mean_band, not_testable, sensitivity, threshold_evidence, timing_evidence,
+                            wilson_intervals)
 
 plotting.use_style()
 runs = load_runs(resolve(runs_dir))
@@ -149,7 +149,7 @@ for j, name in enumerate(order):
                                 alpha=0.2, lw=0)
             n = examples_behind(run.loc[ok, column]) if column in (acc("train"), acc("val")) else None
             if n:  # accuracies are k / n: a 95% Wilson band
-                bounds = np.array([wilson_interval(round(a * n), n) for a in run.loc[ok, column]])
+                bounds = wilson_intervals(run.loc[ok, column], n)
                 ax.fill_between(run.loc[ok, STEP], bounds[:, 0], bounds[:, 1], color=color, alpha=0.2, lw=0)
         grok_step = stats["grok_step"] if stats["grokked"] else np.nan
         for step, style in ((stats["saturation_step"], ":"), (grok_step, "--")):
@@ -195,11 +195,9 @@ if max(len(names) for names in variants.values()) >= 2:
                 curves = group.pivot_table(index=STEP, columns="run", values=column).dropna()
                 if curves.empty:
                     continue
-                mean = curves.mean(axis=1)
+                mean, lo, hi = mean_band(curves)  # no band with one seed
                 ax.plot(curves.index, mean, color=color, ls=ls, lw=1.4)
-                if curves.shape[1] >= 2:
-                    half = student_t.ppf(0.975, curves.shape[1] - 1) * curves.std(axis=1) / np.sqrt(curves.shape[1])
-                    ax.fill_between(curves.index, mean - half, mean + half, color=color, alpha=0.2, lw=0)
+                ax.fill_between(curves.index, lo, hi, color=color, alpha=0.2, lw=0)
             ax.set_xscale("symlog", linthresh=10)
             if j == 0:
                 ax.set_ylabel(label)

@@ -54,7 +54,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
-from scipy.stats import t as student_t
 
 from actid import plotting
 from actid.analysis.grokking import grokking_summary
@@ -66,7 +65,7 @@ from actid.paths import resolve
 from actid.runs import load_runs
 from actid.schema import STEP
 from actid.schema import acc as accuracy_of
-from actid.verdicts import sensitivity, timing_evidence
+from actid.verdicts import mean_band, sensitivity, timing_evidence
 
 VAL_ACC, TRAIN_ACC = accuracy_of("val"), accuracy_of("train")
 plotting.use_style()
@@ -88,13 +87,6 @@ write_csv(summary, out / "summary.csv")
 summary
 
 # %%
-def seed_band(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """A t-interval of the mean over seeds (columns) at each step (rows)."""
-    n = values.shape[1]
-    half = student_t.ppf((1 + level) / 2, n - 1) * values.std(axis=1, ddof=1) / np.sqrt(n)
-    return values.mean(axis=1) - half, values.mean(axis=1) + half
-
-
 fractions = sorted(runs["train_fraction"].unique())
 decays = sorted(runs["weight_decay"].unique())
 seeds = sorted(runs["seed"].unique())
@@ -124,9 +116,9 @@ for (frac, wd), panel in summary.groupby(["train_fraction", "weight_decay"]):
             ax.scatter(run[STEP].iloc[-1:], run[id_column].iloc[-1:], **plotting.UNFINISHED)
     if len(panel) >= 2:  # the seed mean with a 95% t-band over seeds, at the evaluation steps all seeds share
         curves = runs[runs["run"].isin(panel.index)].pivot_table(index=STEP, columns="run", values=id_column).dropna()
-        lo, hi = seed_band(curves.to_numpy())
+        mean, lo, hi = mean_band(curves)
         ax.fill_between(curves.index, lo, hi, color="black", alpha=0.12, lw=0)
-        ax.plot(curves.index, curves.mean(axis=1), color="black", lw=1.0)
+        ax.plot(curves.index, mean, color="black", lw=1.0)
     grokked = panel[panel["grokked"]]
     lag_text = " / ".join(f"{lag:+.0f}" if np.isfinite(lag) else "no drop" for lag in grokked["lag_steps"])
     detail = ("grok step " + " / ".join(f"{s:.0f}" for s in grokked["grok_step"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from actid.verdicts import (AGREES, CONTRADICTS, INCONCLUSIVE, NOT_TESTABLE, at_least_tail, correlation_evidence,
-                            fisher_interval, holm, judge, mean_interval, n_for_correlation, threshold_evidence,
-                            timing_evidence, wilson_interval)
+                            fisher_interval, holm, judge, mean_band, mean_interval, n_for_correlation,
+                            threshold_evidence, timing_evidence, wilson_interval, wilson_intervals)
 
 
 def test_fisher_interval_of_a_pearson_r_is_tanh_of_z_plus_minus_1_96_over_root_n_minus_3():
@@ -65,6 +65,15 @@ def test_holm_adjustment_by_hand():
 def test_mean_interval_is_students_t():
     lo, hi = mean_interval([1.0, 2.0, 3.0])
     assert (lo, hi) == pytest.approx((2 - 4.302652729911275 / math.sqrt(3), 2 + 4.302652729911275 / math.sqrt(3)))
+
+
+def test_the_figures_bands_are_these_intervals_row_by_row():
+    mean, lo, hi = mean_band([[1.0, 2.0, 3.0], [5.0, 5.0, 8.0]])  # steps x seeds
+    assert mean.tolist() == [2.0, 6.0]
+    assert (lo[0], hi[0]) == pytest.approx(mean_interval([1.0, 2.0, 3.0]))
+    assert (lo[1], hi[1]) == pytest.approx(mean_interval([5.0, 5.0, 8.0]))
+    assert np.isnan(mean_band([[1.0], [2.0]])[1]).all()  # one seed: no band
+    assert wilson_intervals([0.5, 0.9], 50).tolist() == [list(wilson_interval(25, 50)), list(wilson_interval(45, 50))]
 
 
 CORRELATION = {"id": "c", "test": "correlation", "direction": -1, "paper_effect": 0.8}
