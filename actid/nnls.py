@@ -4,20 +4,24 @@
 
     min_{a >= 0} |S[p] a - y|^2          (the dual of the MFTMA anchor-point QP, see actid.measures.geometry)
 
-It is a primal-dual active-set (semi-smooth Newton) method on the dual's normal equations ``G a = S^T y``,
-``G = S^T S``. One outer iteration guesses the free set F = {a - g / diag(G) > 0} (g = G a - S^T y, the
-gradient) and solves ``G_FF a_F = (S^T y)_F`` with ``a`` zero elsewhere. The linear solves use conjugate
-gradients whose only matrix product is ``G[p]`` times all of manifold p's right-hand sides at once, so the whole
-batch costs a few batched matmuls per CG step: a per-problem factorization (20 us for a 50 x 50 Cholesky on a
-CPU core) would cost more than the whole solve. On well-conditioned problems 3 outer iterations suffice, on
-activations of trained networks about 8; each outer iteration only revisits the problems not yet solved.
+It is a primal-dual active-set method (block principal pivoting, Kim & Park 2011) on the dual's normal equations
+``G a = S^T y``, ``G = S^T S``. One outer iteration guesses the free set F and solves ``G_FF a_F = (S^T y)_F`` with
+``a`` zero elsewhere, then swaps the variables that violate feasibility. How the equality problems are solved
+depends on the device (``method``):
 
-A problem is solved when its KKT residual ``max_j |min(a_j diag(G)_j, g_j)|`` (zero exactly at the optimum:
-a >= 0, g >= 0, a_j g_j = 0) is at most ``tol`` times ``max |S^T y|``; the answer is then exact to that
-residual, not to an iteration count. Repeated columns (a manifold with duplicated points) are dropped, which is
-exact. Manifolds whose G is still (numerically) singular, e.g. more points than dimensions, and the rare problems
-left after ``max_outer`` iterations, go to Lawson-Hanson (scipy.optimize.nnls), which is exact and finite on
-rank-deficient problems; every answer is checked again.
+* ``"direct"`` (the CPU default): each problem on its own, in a compiled loop (numba) run in threads over problems:
+  a Cholesky factorization of ``G_FF`` (a 25 x 25 one costs ~1 us there), and on the last free set up to two
+  steps of iterative refinement, exact to round-off. 2x faster on 2 CPU cores than the batched CG below.
+* ``"cg"`` (the GPU default): conjugate gradients whose only matrix product is ``G[p]`` times all of manifold p's
+  right-hand sides at once, so the whole batch costs a few batched matmuls per CG step; each outer iteration only
+  revisits the problems not yet solved.
+
+On well-conditioned problems 3 outer iterations suffice, on activations of trained networks about 8. A problem is
+solved when its KKT residual ``max_j |min(a_j diag(G)_j, g_j)|`` (zero exactly at the optimum: a >= 0, g >= 0,
+a_j g_j = 0) is at most ``tol`` times ``max |S^T y|``; the answer is then exact to that residual, not to an iteration
+count. Repeated columns (a manifold with duplicated points) are dropped, which is exact. Manifolds whose G is still
+(numerically) singular, e.g. more points than dimensions, and the rare problems left unsolved, go to Lawson-Hanson
+(scipy.optimize.nnls), which is exact and finite on rank-deficient problems; every answer is checked again.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from actid.compiled import in_threads, jit
 
 
 @dataclass(frozen=True)
@@ -90,20 +96,25 @@ cache: measured 2x faster than the whole batch at once (P = 100, n = 200, M = 50
 
 
 def batched_nnls(S: torch.Tensor, Y: torch.Tensor, *, tol: float = 1e-10, max_outer: int = 30,
-                 cg_tol: float = 1e-13) -> tuple[torch.Tensor, NNLSInfo]:
+                 cg_tol: float = 1e-13, method: str | None = None) -> tuple[torch.Tensor, NNLSInfo]:
     """``argmin_{a>=0} |S[p] a - Y[p, i]|`` for all p, i.
 
-    S: (P, D, M) float64 (the same matrix for all of Y[p]'s rows); Y: (P, n, D). Returns A: (P, n, M) and an
-    :class:`NNLSInfo`. Raises RuntimeError if a solution misses 100 x ``tol`` even after Lawson-Hanson (not seen on
-    MFTMA inputs; generic matrices with condition numbers beyond ~1e13 can get there)."""
+    S: (P, D, M) float64 (the same matrix for all of Y[p]'s rows); Y: (P, n, D). ``method``: ``"direct"`` (compiled
+    per-problem Cholesky; the default on a CPU) or ``"cg"`` (batched conjugate gradients; the default on a GPU); both
+    return the optimum to ``tol``. Returns A: (P, n, M) and an :class:`NNLSInfo`. Raises RuntimeError if a solution
+    misses 100 x ``tol`` even after Lawson-Hanson (not seen on MFTMA inputs; generic matrices with condition numbers
+    beyond ~1e13 can get there)."""
     if S.ndim != 3 or Y.ndim != 3 or S.shape[0] != Y.shape[0] or S.shape[1] != Y.shape[2]:
         raise ValueError(f"batched_nnls: S must be (P, D, M) and Y (P, n, D); got {tuple(S.shape)} and "
                          f"{tuple(Y.shape)}")
     if not (S.dtype == Y.dtype == torch.float64):
         raise TypeError("batched_nnls needs float64 S and Y (the KKT tolerance is below float32 round-off)")
+    method = method or ("cg" if S.is_cuda else "direct")
+    if method not in ("direct", "cg") or (method == "direct" and S.is_cuda):
+        raise ValueError(f"batched_nnls: method must be 'direct' (CPU) or 'cg', got {method!r} on {S.device.type}")
     P, n, M = S.shape[0], Y.shape[1], S.shape[2]
-    chunk = P if S.is_cuda else max(1, CPU_CHUNK_ELEMENTS // max(1, n * M))
-    parts = [_solve(S[i:i + chunk], Y[i:i + chunk], tol, max_outer, cg_tol) for i in range(0, P, chunk)]
+    chunk = P if S.is_cuda or method == "direct" else max(1, CPU_CHUNK_ELEMENTS // max(1, n * M))
+    parts = [_solve(S[i:i + chunk], Y[i:i + chunk], tol, max_outer, cg_tol, method) for i in range(0, P, chunk)]
     A = torch.cat([a for a, _ in parts]) if parts else Y.new_zeros(0, n, M)
     return A, NNLSInfo.combine(info for _, info in parts)
 
@@ -128,7 +139,7 @@ def _distinct_columns(S: torch.Tensor) -> torch.Tensor:
     return ~torch.tril(dist <= tol, diagonal=-1).any(-1)
 
 
-def _solve(S, Y, tol, max_outer, cg_tol):
+def _solve(S, Y, tol, max_outer, cg_tol, method):
     """One chunk of manifolds: block principal pivoting with CG solves on full-rank manifolds, Lawson-Hanson on
     rank-deficient ones and on whatever the first leaves unsolved."""
     G = S.mT @ S
@@ -140,15 +151,26 @@ def _solve(S, Y, tol, max_outer, cg_tol):
     full_rank = lam[:, 0] > RANK_TOL * lam[:, -1]
     A = torch.zeros_like(B)
     todo = torch.ones(B.shape[:2], dtype=torch.bool, device=B.device)
+    checked = torch.zeros(B.shape[:2], dtype=B.dtype, device=B.device)  # KKT residuals the solver already measured
     outer = cg_steps = 0
     rows = torch.nonzero(full_rank).flatten()
     if len(rows):
-        A[rows], todo[rows], outer, cg_steps = _block_pivoting(G[rows], B[rows], enabled[rows], tol, max_outer, cg_tol)
+        if method == "direct":
+            A[rows], todo[rows], checked[rows], outer = _block_pivoting_direct(G[rows], B[rows], enabled[rows], tol,
+                                                                               max_outer)
+        else:
+            A[rows], todo[rows], outer, cg_steps = _block_pivoting(G[rows], B[rows], enabled[rows], tol, max_outer,
+                                                                   cg_tol)
     n_lh = int(todo.sum())
     for p, i in torch.nonzero(todo).tolist():
         A[p, i] = _lawson_hanson(S[p], Y[p, i], enabled[p], G[p], B[p, i], tol)
     A.clamp_min_(0)  # solved problems have no entry below -tol; Lawson-Hanson's are >= 0
-    residual = float(kkt_residual(G, B, A).max()) if A.numel() else 0.0
+    if method == "direct":  # each answer's residual was measured in the solver; Lawson-Hanson's are measured here
+        unchecked = todo | ~full_rank[:, None]
+        checked[unchecked] = kkt_residual(G, B, A)[unchecked]
+        residual = float(checked.max()) if A.numel() else 0.0
+    else:
+        residual = float(kkt_residual(G, B, A).max()) if A.numel() else 0.0
     if residual > tol * 100:
         raise RuntimeError(f"batched_nnls: KKT residual {residual:.3g} after {outer} active-set iterations and "
                            f"Lawson-Hanson on {n_lh} problems; the problems may be too ill-conditioned for float64")
@@ -220,3 +242,136 @@ def _block_pivoting(G, B, enabled, tol, max_outer, cg_tol):
             mask = write.view(*write.shape, *[1] * (state.ndim - 2))
             state[rows] = state[rows].scatter(1, index, torch.where(mask, value, take(state)))
     return A, todo, outer, cg_steps
+
+
+def _block_pivoting_direct(G, B, enabled, tol, max_outer):
+    """:func:`_block_pivoting` with each problem's equality problems solved by Cholesky, one problem at a time in
+    compiled code (:mod:`actid.compiled`; problems side by side in threads). Returns A, the still-unsolved problems,
+    the relative KKT residual of each solved one and the most outer iterations."""
+    A = np.zeros(tuple(B.shape))
+    solved = np.zeros(tuple(B.shape[:2]), dtype=np.bool_)
+    residual = np.zeros(tuple(B.shape[:2]))
+    outer = np.zeros(tuple(B.shape[:2]), dtype=np.int64)
+    G, B, enabled = G.contiguous().numpy(), B.contiguous().numpy(), enabled.contiguous().numpy()
+    in_threads(lambda start, stop: _pivot_each(G, B, enabled, tol, max_outer, A, solved, residual, outer, start,
+                                               stop), B.shape[0] * B.shape[1])
+    return torch.from_numpy(A), torch.from_numpy(~solved), torch.from_numpy(residual), int(outer.max(initial=0))
+
+
+@jit
+def _factor_and_solve(G, b, free, x, L, idx, rhs):
+    """x_F = G_FF^{-1} b_F and x = 0 off F, by the Cholesky factorization G_FF = L L^T (L kept for refinement);
+    returns F, or -1 if G_FF is not numerically positive definite. Row by row, each entry one dot product of two
+    contiguous rows of L (measured 20% faster here than the outer-product form)."""
+    F = 0
+    for j in range(G.shape[0]):
+        x[j] = 0.0
+        if free[j]:
+            idx[F] = j
+            F += 1
+    for i in range(F):
+        Gi, Li = G[idx[i]], L[i]
+        for j in range(i + 1):
+            Lj = L[j]
+            s = Gi[idx[j]]
+            for k in range(j):
+                s -= Li[k] * Lj[k]
+            if j < i:
+                Li[j] = s / Lj[j]
+            elif s > 0:
+                Li[i] = np.sqrt(s)
+            else:
+                return -1
+    for a in range(F):
+        rhs[a] = b[idx[a]]
+    _cholesky_solve(L, rhs, F)
+    for a in range(F):
+        x[idx[a]] = rhs[a]
+    return F
+
+
+@jit
+def _cholesky_solve(L, y, F):
+    """y[:F] <- (L L^T)^{-1} y[:F] for the lower triangular L."""
+    for k in range(F):  # L z = y
+        s = y[k]
+        for c in range(k):
+            s -= L[k, c] * y[c]
+        y[k] = s / L[k, k]
+    for k in range(F - 1, -1, -1):  # L^T x = z
+        y[k] /= L[k, k]
+        w = y[k]
+        for c in range(k):
+            y[c] -= w * L[k, c]
+
+
+@jit
+def _gradient(G, b, x, g):
+    """g = G x - b (G symmetric)."""
+    M = G.shape[0]
+    g[:] = -b
+    for f in range(M):
+        if x[f] != 0.0:
+            for j in range(M):
+                g[j] += x[f] * G[f, j]
+
+
+@jit
+def _pivot_each(G, B, enabled, tol, max_outer, A, solved, residual, outer, start, stop):
+    """Block principal pivoting for the problems (p, i) = divmod(task, n), task in start:stop, each alone, writing
+    A[p, i], solved[p, i], residual[p, i] (its relative KKT residual) and outer[p, i]. The same
+    rules as :func:`_block_pivoting`: start from F = {b > eps}; swap every infeasible variable while their number
+    falls (or for 3 more iterations), else only the last (Murty's rule); solved when no variable is infeasible and
+    the KKT residual of the clamped answer is at most tol * max |b|."""
+    P, n, M = B.shape
+    for task in range(start, stop):
+        p, i = task // n, task % n
+        Gp, b, x = G[p], B[p, i], A[p, i]
+        L = np.empty((M, M))
+        idx = np.empty(M, np.int64)
+        rhs, g, clamped = np.empty(M), np.empty(M), np.empty(M)
+        free, infeasible = np.empty(M, np.bool_), np.empty(M, np.bool_)
+        scale = max(np.abs(b).max(), 1e-300)
+        eps = tol * scale
+        for j in range(M):
+            free[j] = enabled[p, j] and b[j] > eps
+        best, backup = M + 1, 3
+        while outer[p, i] < max_outer:
+            outer[p, i] += 1
+            F = _factor_and_solve(Gp, b, free, x, L, idx, rhs)
+            if F < 0:
+                break  # left for Lawson-Hanson
+            _gradient(Gp, b, x, g)
+            n_infeasible, last = 0, -1
+            for j in range(M):
+                infeasible[j] = enabled[p, j] and (x[j] * Gp[j, j] < -eps if free[j] else g[j] < -eps)
+                if infeasible[j]:
+                    n_infeasible += 1
+                    last = j
+            if n_infeasible == 0:
+                for _ in range(2):  # iterative refinement on the final free set: the residual of G_FF x_F = b_F is -g_F
+                    for a in range(F):
+                        rhs[a] = -g[idx[a]]
+                    if F == 0 or np.abs(rhs[:F]).max() <= 1e-3 * eps:
+                        break
+                    _cholesky_solve(L, rhs, F)
+                    for a in range(F):
+                        x[idx[a]] += rhs[a]
+                    _gradient(Gp, b, x, g)
+                clamped[:] = np.maximum(x, 0.0)
+                _gradient(Gp, b, clamped, g)
+                kkt = 0.0
+                for j in range(M):
+                    kkt = max(kkt, abs(min(clamped[j] * Gp[j, j], g[j])))
+                if kkt <= eps:
+                    x[:] = clamped
+                    solved[p, i] = True
+                    residual[p, i] = kkt / scale
+                    break
+            elif n_infeasible < best or backup > 0:
+                backup = 3 if n_infeasible < best else backup - 1
+                best = min(best, n_infeasible)
+                for j in range(M):
+                    free[j] ^= infeasible[j]
+            else:
+                free[last] = not free[last]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from actid.measures.geometry import (ManifoldGeometryMeasure, _residual_cost, anchor_points, center_correlation,
-                                     common_center_subspace, manifold_capacity, simulated_capacity)
+from actid.measures.center_subspace import fit_subspace, residual_cost
+from actid.measures.geometry import (ManifoldGeometryMeasure, anchor_points, center_correlation, common_center_subspace,
+                                     manifold_capacity, prepare_manifolds, simulated_capacity)
 from actid.nnls import batched_nnls, kkt_residual
 
 
@@ -55,7 +56,9 @@ def test_rank_deficient_problems_n_le_m_give_cvxopts_anchor():
         np.testing.assert_allclose(anchor[0, 0].numpy(), cvxopt_anchor(S, t, kappa)[0], atol=1e-6)
 
 
-def test_batched_nnls_equals_lawson_hanson_including_ill_conditioned_batches():
+@pytest.mark.parametrize("method", ["direct", "cg"])
+def test_batched_nnls_equals_lawson_hanson_including_ill_conditioned_batches(method):
+    """Both ways of solving the equality problems (per-problem Cholesky, the CPU default; batched CG, the GPU one)."""
     from scipy.optimize import nnls
     g = torch.Generator().manual_seed(0)
     for cond in (1.0, 1e4):
@@ -65,7 +68,7 @@ def test_batched_nnls_equals_lawson_hanson_including_ill_conditioned_batches():
         sv = torch.logspace(0, -np.log10(cond), M, dtype=torch.float64)
         S = U[:, :, :M] @ torch.diag_embed(sv) @ W
         Y = torch.randn(P, n, M + 1, generator=g, dtype=torch.float64)
-        A, info = batched_nnls(S, Y)
+        A, info = batched_nnls(S, Y, method=method)
         assert info.kkt_residual <= 1e-9 and float(kkt_residual(S.mT @ S, Y @ S, A).max()) <= 1e-9
         for p in range(P):
             for i in range(0, n, 7):
@@ -103,6 +106,19 @@ def test_batched_nnls_refuses_bad_shapes_and_float32():
         batched_nnls(torch.zeros(2, 3, 4, dtype=torch.float64), torch.zeros(2, 5, 4, dtype=torch.float64))
     with pytest.raises(TypeError, match="float64"):
         batched_nnls(torch.zeros(2, 3, 4), torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match="method must be 'direct'"):
+        batched_nnls(torch.zeros(2, 3, 4, dtype=torch.float64), torch.zeros(2, 5, 3, dtype=torch.float64), method="lu")
+
+
+def test_the_direct_and_cg_solvers_give_the_same_anchors_on_a_layer():
+    """The per-problem Cholesky solver (CPU) and the batched CG one (GPU) are two routes to one optimum."""
+    X = torch.randn(8, 20, 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    (_, S, T), = prepare_manifolds(X, 50, 0, center_subspace=False).groups
+    direct, info_direct = batched_nnls(S, T, method="direct")
+    cg, info_cg = batched_nnls(S, T, method="cg")
+    assert info_direct.lawson_hanson == info_cg.lawson_hanson == 0 and info_direct.cg_steps == 0 < info_cg.cg_steps
+    assert max(info_direct.kkt_residual, info_cg.kkt_residual) <= 1e-10
+    torch.testing.assert_close(direct, cg, atol=1e-8, rtol=0)
 
 
 def test_reference_numbers_on_100_gaussian_manifolds():
@@ -241,12 +257,33 @@ def test_residual_cost_and_gradient_equal_autograd_of_the_direct_formula():
         e = torch.diagonal(E, dim1=1, dim2=2)
         direct = (E.square() / (e.unsqueeze(-1) * e.unsqueeze(-2))).sum((1, 2)) / 2
         auto, = torch.autograd.grad(direct.sum(), V)
-        C = (X @ X.T).numpy()
-        cost, grad = _residual_cost(X.numpy(), C, C * C, V.detach().numpy())
-        np.testing.assert_allclose(cost, direct.detach().numpy(), rtol=1e-12)
-        # the Euclidean gradients agree on the tangent space (the cost depends on V V^T only through orthonormal V)
-        tangent = lambda Z: Z - V.detach().numpy() @ (np.swapaxes(V.detach().numpy(), -1, -2) @ Z)  # noqa: E731
-        np.testing.assert_allclose(tangent(grad), tangent(auto.numpy()), rtol=1e-9, atol=1e-12)
+        for r in range(2):
+            cost, grad = residual_cost(X.numpy(), V[r].detach().numpy())
+            np.testing.assert_allclose(cost, direct[r].detach().numpy(), rtol=1e-12)
+            # the Euclidean gradients agree on the tangent space (the cost depends on V V^T only through orthonormal V)
+            Vr = V[r].detach().numpy()
+            tangent = lambda Z: Z - Vr @ (Vr.T @ Z)  # noqa: E731
+            np.testing.assert_allclose(tangent(grad), tangent(auto[r].numpy()), rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_solvers_give_the_same_bits_with_one_thread_or_two():
+    """Restarts of the subspace search and anchor problems are each computed by one thread alone (actid.compiled):
+    the number of threads cannot change a bit."""
+    X = np.random.default_rng(0).standard_normal((30, 29))
+    V0 = np.linalg.qr(np.random.default_rng(1).standard_normal((5, 29, 2))).Q
+    pts = torch.randn(6, 12, 40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (_, S, T), = prepare_manifolds(pts, 30, 0, center_subspace=False).groups
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append((fit_subspace(X, V0), batched_nnls(S, T)[0]))
+    finally:
+        torch.set_num_threads(before)
+    (V1, A1), (V2, A2) = results
+    assert np.array_equal(V1, V2) and torch.equal(A1, A2)
+    np.testing.assert_allclose(np.swapaxes(V1, 1, 2) @ V1, np.broadcast_to(np.eye(2), (5, 2, 2)), atol=1e-12)
 
 
 def test_measure_refuses_bad_parameters():

@@ -9,9 +9,10 @@ step for step, with an exact batched solver in place of one cvxopt QP per sample
 1. Subtract the global mean of all points. The *center correlation* is the mean |cosine| between pairs of class
    centers (after subtracting the mean center), measured before step 2.
 2. Remove the centers' common low-rank structure: for K = 1, 2, ... find the K-dimensional subspace V (a point on the
-   Stiefel manifold, Riemannian L-BFGS here) that minimises the summed squared cosines of the residual
-   centers; keep the K whose residual centers have the smallest mean |cosine| (K is at most P - 2, so residuals
-   stay nonzero); project every point onto V's orthogonal complement. ``center_subspace=False`` skips this step.
+   Stiefel manifold; Riemannian L-BFGS, compiled, in :mod:`actid.measures.center_subspace`) that minimises the
+   summed squared cosines of the residual centers; keep the K whose residual centers have the smallest mean
+   |cosine| (K is at most P - 2, so residuals stay nonzero); project every point onto V's orthogonal complement.
+   ``center_subspace=False`` skips this step.
 3. Per manifold: subtract its mean and divide by that mean's norm; express the points in D = min(N, M)
    coordinates (an orthonormal basis of their span, as the reference's QR does) and append a constant coordinate 1:
    points s_j in R^(D+1).
@@ -47,6 +48,7 @@ import torch
 
 from actid import schema
 from actid.config import flag, integer, param, real
+from actid.measures.center_subspace import center_correlation, common_center_subspace
 from actid.measures.base import Evaluation, Measure, as_real_tensor, register
 from actid.nnls import NNLSInfo, batched_nnls
 
@@ -90,160 +92,6 @@ def _as_manifolds(manifolds) -> list[torch.Tensor]:
             raise ValueError(f"manifolds[{i}] has {x.shape[1]} features but manifolds[0] has {out[0].shape[1]}; "
                              "every manifold must live in the same space")
     return out
-
-
-def center_correlation(centers: torch.Tensor) -> float:
-    """Mean |cosine| over pairs of distinct rows of ``centers`` (already centred on their mean)."""
-    unit = centers / centers.norm(dim=1, keepdim=True).clamp_min(torch.finfo(centers.dtype).tiny)
-    P = len(centers)
-    return float(((unit @ unit.T).abs().sum() - P) / (P * (P - 1)))
-
-
-def _residual_cost(X, C, CC, V):
-    """Summed squared cosines between the residual centers ``X - X V V^T`` and its Euclidean gradient in V, batched
-    over V: (R, r, K); numpy float64. ``C = X X^T``, ``CC = C * C``.
-
-    The residual Gram is E = C - c c^T with c = X V, e = diag E and s = 1 / e: F = 1/2 s^T (E * E) s and
-    dF/dV = -2 X^T H c with H c = s (E (s c)) - s^2 ((E * E) s) c. Neither needs the (R, P, P) matrix E:
-    E y = C y - c (c^T y), and (E * E) s = (C * C) s - 2 rowsum(c * C (s c)) + rowsum((c M) * c) with M = c^T diag(s) c
-    (K x K). The search evaluates this a few hundred times on small arrays, where the work is per operation, not per
-    entry: numpy, and a few small products instead of P x P ones, make it several times faster than torch."""
-    c = X @ V  # (R, P, K)
-    s = 1 / (np.diagonal(C) - np.square(c).sum(-1))  # (R, P)
-    sc = s[..., None] * c
-    C_sc = C @ sc
-    cM = c @ (np.swapaxes(c, -1, -2) @ sc)  # c M
-    EEs = s @ CC - 2 * (c * C_sc).sum(-1) + (cM * c).sum(-1)  # (E * E) s; C is symmetric
-    Hc = s[..., None] * (C_sc - cM) - (s * s * EEs)[..., None] * c
-    return (s * EEs).sum(-1) / 2, -2 * (X.T @ Hc)
-
-
-def _retract(Z):
-    """The QR retraction onto orthonormal frames, signs fixed so that Z ~ V stays close to V (a Householder QR may
-    flip columns, which would wreck the Barzilai-Borwein step)."""
-    Q, R = np.linalg.qr(Z)
-    sign = np.sign(np.diagonal(R, axis1=-2, axis2=-1))
-    return Q * np.where(sign == 0, 1, sign)[..., None, :]
-
-
-def _fit_subspace(X, V, gtol=1e-6, max_iter=300, memory=5):
-    """Minimise ``_residual_cost`` over orthonormal V (R restarts at once; numpy float64): Riemannian L-BFGS on the
-    Stiefel manifold (QR retraction, vectors carried to the new point by tangent projection, Armijo backtracking from
-    the unit step).
-
-    A restart stops when its Riemannian gradient norm is at most ``gtol`` (pymanopt's default), when no decrease
-    above the cost's round-off is left, or after ``max_iter`` iterations. L-BFGS, not steepest descent: the centers
-    of real data make the problem ill-conditioned, where gradient steps need thousands of iterations. Restarts that
-    converge take under 200 iterations; the rest crawl, and running them to pymanopt's cap of 1000 instead of 300
-    changed no capacity, radius or dimension in the 6th digit on the cases we measured (random points, correlated
-    centers, MNIST digits), at 2-3x the time."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # a trial step whose subspace swallows a center (e = 0) has an infinite or NaN cost: the line search
-        # rejects it and halves the step
-        return _lbfgs(X, V, gtol, max_iter, memory)
-
-
-def _lbfgs(X, V, gtol, max_iter, memory):
-    C = X @ X.T
-    CC = C * C
-    R = V.shape[0]
-
-    def tangent(V, Z):  # V^T grad is symmetric for this cost, so the tangent part is (I - V V^T) Z
-        return Z - V @ (np.swapaxes(V, -1, -2) @ Z)
-
-    def dot(a, b):
-        return (a * b).sum((-2, -1))
-
-    cost, grad = _residual_cost(X, C, CC, V)
-    xi = tangent(V, grad)
-    S = np.zeros((R, memory, *V.shape[1:]))  # steps and gradient changes, newest last; empty slots are zero
-    Y = np.zeros_like(S)
-    rho = np.zeros((R, memory))  # 1 / <s, y> (0 for empty slots: they contribute nothing)
-    active = np.linalg.norm(xi, axis=(1, 2)) > gtol
-    for _ in range(max_iter):
-        if not active.any():
-            break
-        q, alphas = xi, []
-        for i in reversed(range(memory)):  # two-loop recursion
-            a = rho[:, i] * dot(S[:, i], q)
-            q = q - a[:, None, None] * Y[:, i]
-            alphas.append(a)
-        yy = dot(Y[:, -1], Y[:, -1])
-        scale = np.where(yy > 0, 1 / np.maximum(rho[:, -1] * yy, 1e-300),
-                         1 / np.maximum(np.linalg.norm(xi, axis=(1, 2)), 1e-300))
-        q = q * scale[:, None, None]  # no memory yet: a unit-length first step
-        for i, a in zip(range(memory), reversed(alphas)):
-            b = rho[:, i] * dot(Y[:, i], q)
-            q = q + (a - b)[:, None, None] * S[:, i]
-        direction = -tangent(V, q)
-        slope = dot(xi, direction)
-        uphill = slope >= 0  # a stale memory: fall back to the gradient
-        direction = np.where(uphill[:, None, None], -xi, direction)
-        slope = np.where(uphill, -dot(xi, xi), slope)
-        step = np.ones_like(cost)
-        while True:  # backtracking; restarts already accepted keep their candidate
-            V_new = _retract(V + step[:, None, None] * direction)
-            cost_new, grad_new = _residual_cost(X, C, CC, V_new)
-            ok = cost_new <= cost + 1e-4 * step * slope
-            # a decrease below the cost's round-off cannot be certified: that restart has converged
-            searching = active & ~ok & (-step * slope > 1e-15 * np.abs(cost))
-            if not searching.any():
-                break
-            step = np.where(searching, step / 2, step)
-        move = active & ok
-        xi_new = tangent(V_new, grad_new)
-        s, y = tangent(V_new, V_new - V), xi_new - tangent(V_new, xi)
-        sy = dot(s, y)
-        learn = (move & (sy > 0))[:, None, None, None]  # curvature information; otherwise keep the old memory
-        shifted = lambda M, new: np.concatenate([M[:, 1:], new[:, None]], 1)  # noqa: E731
-        # the memory moves to the new point's tangent space by projection, all slots at once
-        S = np.where(learn, shifted(tangent(V_new[:, None], S), s), S)
-        Y = np.where(learn, shifted(tangent(V_new[:, None], Y), y), Y)
-        rho = np.where(learn[:, :, 0, 0], np.concatenate([rho[:, 1:], (1 / np.maximum(sy, 1e-300))[:, None]], 1), rho)
-        m = move[:, None, None]
-        V, xi, cost = np.where(m, V_new, V), np.where(m, xi_new, xi), np.where(move, cost_new, cost)
-        active = move & (np.linalg.norm(xi, axis=(1, 2)) > gtol)
-    return V
-
-
-def common_center_subspace(centers: torch.Tensor, n_reps: int = 10,
-                           seed: int = 0) -> tuple[torch.Tensor, int, list[float]]:
-    """The common subspace of the (mean-removed) class centers, as the reference's ``fun_FA``: an (N, K) orthonormal
-    basis, K, and the mean residual |cosine| for each K tried.
-
-    For K = 1, 2, ...: ``n_reps`` restarts, each the previous K's subspace plus a random combination of the centers,
-    optimised on the Stiefel manifold; the restart whose smallest residual-to-center norm ratio is largest is kept.
-    The search stops after the mean |cosine| has risen 3 times in a row, and at K = P - 2."""
-    P = len(centers)
-    gen = torch.Generator().manual_seed(seed)
-    lam, U = torch.linalg.eigh(centers @ centers.T)  # coordinates of the centers in their own span
-    keep = lam > lam.max() * 1e-12
-    lam, U = lam[keep], U[:, keep]
-    X = U * lam.sqrt()  # (P, r): X X^T = centers centers^T
-    basis = centers.T @ (U / lam.sqrt())  # (N, r), orthonormal up to round-off amplified by small eigenvalues
-    explained = torch.cumsum(lam.flip(0) / lam.sum(), 0)
-    n_below = int((explained < 0.95).sum())
-    max_K = min(max(n_below - 1, 0) + 11, P - 2, X.shape[1] - 1)
-    X = X.cpu().numpy()  # (P, r): the search runs on the CPU in numpy (small arrays; see _residual_cost)
-    norms = np.linalg.norm(X, axis=1)
-    V_prev = np.zeros((X.shape[1], 0))
-    kept, costs = [], []
-    for K in range(1, max_K + 1):
-        s = torch.randn(n_reps, P, generator=gen, dtype=torch.float64).numpy()
-        V0 = np.concatenate([(s @ X)[..., None], np.broadcast_to(V_prev, (n_reps, *V_prev.shape))], axis=2)
-        V = _fit_subspace(X, _retract(V0))
-        residual = X - (X @ V) @ np.swapaxes(V, -1, -2)  # (R, P, r)
-        stability = (np.linalg.norm(residual, axis=2) / norms).min(1)
-        V_prev = V[int(np.argmax(stability))]
-        kept.append(V_prev)
-        costs.append(center_correlation(torch.from_numpy(X - X @ V_prev @ V_prev.T)))
-        if K > 4 and costs[-1] > costs[-2] > costs[-3] > costs[-4]:
-            break
-    if not costs:
-        return centers.new_zeros(centers.shape[1], 0), 0, []
-    best = int(np.argmin(costs))
-    chosen = torch.from_numpy(kept[best]).to(basis)
-    return torch.linalg.qr(basis @ chosen).Q, best + 1, costs  # re-orthonormalised: see the basis above
 
 
 def anchor_points(S: torch.Tensor, T: torch.Tensor, kappa: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, NNLSInfo]:
@@ -305,7 +153,6 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
     P, N = len(X), X[0].shape[1]
     # Only the centers see the global mean and the center subspace V directly: a manifold's centred points are
     # (x - mean) (I - V V^T) whatever the origin, so each manifold is centred once and V enters its Gram matrix.
-    stacked = torch.as_tensor(manifolds).detach() if isinstance(manifolds, (torch.Tensor, np.ndarray)) else None
     means = torch.stack([x.to(device=device, dtype=torch.float64).mean(0) for x in X])
     bad = torch.nonzero(~torch.isfinite(means).all(1)).flatten().tolist()  # a NaN or inf entry spoils the mean
     if bad:
@@ -322,8 +169,6 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
     groups = []
     for M in sorted({len(x) for x in X}):  # manifolds of equal size are solved together
         idx = [i for i, x in enumerate(X) if len(x) == M]
-        pts = stacked.to(device) if stacked is not None else torch.stack([X[i].to(device) for i in idx])  # (p, M, N)
-        pts = pts.to(torch.float64) - means[idx].unsqueeze(1)
         norm = centers[idx].norm(dim=-1)
         f64 = torch.finfo(torch.float64)
         degenerate = norm <= f64.eps * means[idx].norm(dim=-1).clamp_min(f64.tiny) * 1e3
@@ -334,13 +179,21 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
                                     "constant classes")
         D = min(N, M)
         if N > M:  # an orthonormal basis of the points' span, as the reference's QR: coordinates from the Gram
-            along = pts @ V  # (p, M, K)
-            gram = (pts @ pts.mT - along @ along.mT) / norm.square()[:, None, None]
+            gram = torch.empty(len(idx), M, M, dtype=torch.float64, device=device)
+            centred = torch.empty(M, N, dtype=torch.float64, device=device)
+            for j, i in enumerate(idx):  # one manifold at a time, so that its centred copy stays in the cache
+                torch.sub(X[i].to(device=device, dtype=torch.float64), means[i], out=centred)
+                torch.mm(centred, centred.T, out=gram[j])
+                if K:
+                    along = centred @ V  # (M, K)
+                    gram[j] -= along @ along.T
+            gram /= norm.square()[:, None, None]
             lam, U = torch.linalg.eigh(gram)
             # eigenvalues at round-off level are zero (their square roots would be 1e-8-sized noise coordinates)
             lam = torch.where(lam > ROUNDOFF * lam[:, -1:], lam, 0)
             coords = (U * lam.sqrt().unsqueeze(1)).mT  # (p, M, M), coords^T coords = Gram
         else:
+            pts = torch.stack([X[i].to(device=device, dtype=torch.float64) for i in idx]) - means[idx].unsqueeze(1)
             coords = ((pts - (pts @ V) @ V.T) / norm[:, None, None]).mT  # (p, N, M)
         S = torch.cat([coords, torch.ones_like(coords[:, :1])], dim=1)
         T = torch.randn(len(idx), n_t, D + 1, generator=gen, dtype=torch.float64).to(device)
