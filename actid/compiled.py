@@ -4,7 +4,7 @@ A few inner loops of actid are thousands of operations on arrays of a few dozen 
 the center-subspace search), where numpy or torch spend their time dispatching operations rather than computing.
 Those loops are compiled by :func:`jit`, which is numba's ``njit`` with the options they all need:
 
-* ``cache=True``: compiled once per installation (about 20 s in all) and loaded from ``__pycache__`` by later
+* ``cache=True``: compiled once per installation (about 30 s in all on 2 cores) and loaded from ``__pycache__`` by later
   processes (a fraction of a second);
 * ``nogil=True``: :func:`in_threads` runs independent pieces side by side in threads (or :func:`jit_parallel`
   compiles a ``prange`` loop);
