@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import actid  # noqa: E402
+from actid.measures import manifold_capacity  # noqa: E402
 from actid.runs import load_runs  # noqa: E402
 
 g = torch.Generator().manual_seed(0)
@@ -35,6 +36,10 @@ with tempfile.TemporaryDirectory() as tmp:
     tracker.measure(0)
     rows = load_runs(f"{tmp}/mine")
 assert {"id/1", "llid", "participation_ratio/1", "val_acc"} <= set(rows.columns)
+# MFTMA geometry runs its compiled loops (numba, a core dependency): 60 isolated points have capacity 2 (Cover)
+points = torch.randn(60, 1, 100, generator=g, dtype=torch.float64)
+cover = manifold_capacity(points, n_t=2000, center_subspace=False).capacity
+assert abs(cover - 2) < 0.1, cover
 # an integration without its extra: an ImportError that names the extra to install
 for module, extra in [("actid.integrations.metric", "lightning"), ("actid.integrations.lightning", "lightning")]:
     try:
@@ -54,4 +59,5 @@ else:
 
 print(f"core install: actid {actid.__version__} on Python {sys.version.split()[0]}, torch {torch.__version__}: "
       f"TwoNN {twonn.dimension_:.3f}, MLE {mle.dimension_:.3f}, GRIDE {gride.dimension_:.3f} (true 6); "
-      f"Tracker row with LLID {rows['llid'].iloc[0]:.2f}; none of {EXTRAS} installed")
+      f"Tracker row with LLID {rows['llid'].iloc[0]:.2f}; MFTMA capacity of 60 points {cover:.3f} (Cover: 2); "
+      f"none of {EXTRAS} installed")
