@@ -367,7 +367,7 @@ def _pivot_each(G, B, enabled, tol, max_outer, A, solved, residual, outer, start
                     x[:] = clamped
                     solved[p, i] = True
                     residual[p, i] = kkt / scale
-                    break
+                break  # solved; or not to tol on this free set, which another pass would repeat: Lawson-Hanson
             elif n_infeasible < best or backup > 0:
                 backup = 3 if n_infeasible < best else backup - 1
                 best = min(best, n_infeasible)

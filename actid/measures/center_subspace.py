@@ -19,6 +19,7 @@ from numba import prange
 
 from actid.compiled import jit, jit_parallel, match_torch_threads
 
+
 def center_correlation(centers: torch.Tensor) -> float:
     """Mean |cosine| over pairs of distinct rows of ``centers`` (already centred on their mean)."""
     unit = centers / centers.norm(dim=1, keepdim=True).clamp_min(torch.finfo(centers.dtype).tiny)
