@@ -42,8 +42,8 @@ def match_torch_threads() -> None:
 
 def in_threads(work, n: int) -> None:
     """Call ``work(start, stop)`` on contiguous slices of ``range(n)``, one slice per thread (as many threads as
-    torch uses, ``torch.get_num_threads()``). ``work`` spends its time in :func:`jit` functions (which release the
-    GIL) and writes its results."""
+    torch uses, ``torch.get_num_threads()``). ``work`` spends its time in :func:`jit` functions or torch operations
+    (both release the GIL) and writes its results."""
     threads = max(1, min(n, torch.get_num_threads()))
     bounds = [n * i // threads for i in range(threads + 1)]
     if threads == 1:

@@ -101,6 +101,28 @@ def test_rank_deficient_problems_where_scipys_lawson_hanson_is_not_optimal_are_s
         assert np.linalg.norm(s @ A[p, 0].numpy() - y) == pytest.approx(np.linalg.norm(s @ ref - y), abs=1e-6)
 
 
+@pytest.mark.parametrize("method", ["direct", "cg"])
+def test_a_batch_mixing_full_rank_and_rank_deficient_manifolds_is_solved_exactly(method):
+    """Each manifold of one batch goes its own way: full-rank ones to the active-set method, rank-deficient ones
+    (more points than dimensions) to Lawson-Hanson; every answer is optimal."""
+    g = torch.Generator().manual_seed(4)
+    S = torch.randn(4, 9, 15, generator=g, dtype=torch.float64)  # 15 points in 9 dimensions: rank-deficient
+    S[1::2, :, 8:] = 0  # manifolds 1 and 3: 8 points and 7 copies of a 9th (6 dropped): full rank
+    S[:, -1] = 1
+    Y = torch.randn(4, 10, 9, generator=g, dtype=torch.float64)
+    A, info = batched_nnls(S, Y, method=method)
+    assert info.lawson_hanson == 20 and info.kkt_residual <= 1e-10  # the 2 x 10 problems of manifolds 0 and 2
+    assert float(kkt_residual(S.mT @ S, Y @ S, A).max()) <= 1e-10
+
+
+def test_points_equal_up_to_round_off_count_as_one_and_close_points_as_two():
+    """A point repeated with round-off (1e-14 relative) is dropped; a point 1e-7 away is a point of its own."""
+    from actid.nnls import _distinct_columns
+    S = torch.randn(1, 6, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    S = torch.cat([S, S[:, :, :1] * (1 + 1e-14), S[:, :, 1:2] + 1e-7], dim=2)
+    assert _distinct_columns(S, S.mT @ S).tolist() == [[True] * 4 + [False, True]]
+
+
 def test_batched_nnls_refuses_bad_shapes_and_float32():
     with pytest.raises(ValueError, match=r"S must be \(P, D, M\)"):
         batched_nnls(torch.zeros(2, 3, 4, dtype=torch.float64), torch.zeros(2, 5, 4, dtype=torch.float64))

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from actid import schema
+from actid.compiled import in_threads
 from actid.config import flag, integer, param, real
 from actid.measures.center_subspace import center_correlation, common_center_subspace
 from actid.measures.base import Evaluation, Measure, as_real_tensor, register
@@ -101,8 +102,10 @@ def anchor_points(S: torch.Tensor, T: torch.Tensor, kappa: float = 0.0) -> tuple
     v* = argmin |v - t|^2 s.t. s_j . v <= -kappa has the dual min_{a>=0} |S a - (t + kappa e_last)|^2 (expand the
     Lagrangian; the last coordinate of every s_j is 1), v* = t - S a and s~ = S a / sum(a)."""
     D = S.shape[1] - 1
-    Y = T.clone()
-    Y[..., -1] += kappa
+    Y = T
+    if kappa:
+        Y = T.clone()
+        Y[..., -1] += kappa
     alpha, info = batched_nnls(S, Y)
     pushed = alpha @ S.mT  # t - v*, (P, n_t, D+1); its last coordinate is sum(a)
     anchors = pushed / pushed[..., -1:].clamp_min(torch.finfo(S.dtype).tiny)
@@ -130,6 +133,17 @@ def manifold_quantities(S: torch.Tensor, T: torch.Tensor, kappa: float):
     cos = (t_perp * perp).sum(-1) / (t_perp.norm(dim=-1) * (perp.square().sum(-1) + 1e-12).sqrt())
     dimension = D * cos.mean(1).square()
     return capacity, radius, dimension, info
+
+
+def _eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of a batch; on a CPU the two halves side by side in threads (torch decomposes a batch
+    one matrix after another; each matrix gets the same answer either way)."""
+    if gram.is_cuda:
+        return torch.linalg.eigh(gram)
+    lam, U = gram.new_empty(gram.shape[:-1]), torch.empty_like(gram)
+    in_threads(lambda start, stop: torch.linalg.eigh(gram[start:stop], out=(lam[start:stop], U[start:stop])),
+               len(gram))
+    return lam, U
 
 
 @dataclass(frozen=True)
@@ -188,7 +202,7 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
                     along = centred @ V  # (M, K)
                     gram[j] -= along @ along.T
             gram /= norm.square()[:, None, None]
-            lam, U = torch.linalg.eigh(gram)
+            lam, U = _eigh(gram)
             # eigenvalues at round-off level are zero (their square roots would be 1e-8-sized noise coordinates)
             lam = torch.where(lam > ROUNDOFF * lam[:, -1:], lam, 0)
             coords = (U * lam.sqrt().unsqueeze(1)).mT  # (p, M, M), coords^T coords = Gram
