@@ -158,16 +158,11 @@ def _distinct_columns(S: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
 
 def _full_rank(G: torch.Tensor, enabled: torch.Tensor) -> torch.Tensor:
     """(P,) bool: whether each G, restricted to its enabled columns, has all eigenvalues above RANK_TOL times its
-    largest. On a CPU the eigenvalues of the two halves of the batch are computed side by side in threads (torch
-    computes a batch one matrix after another)."""
+    largest. (Not split over threads: LAPACK's eigenvalues can change in the last bits with the number of threads
+    it runs on, and a borderline manifold would then change solver.)"""
     keep = enabled.unsqueeze(-1) & enabled.unsqueeze(-2)
     scale = torch.diagonal(G, dim1=1, dim2=2).amax(-1).clamp_min(torch.finfo(G.dtype).tiny)
-    masked = torch.where(keep, G, torch.diag_embed(scale.unsqueeze(-1).expand_as(enabled)))
-    lam = masked.new_empty(masked.shape[:2])
-    if masked.is_cuda:
-        torch.linalg.eigvalsh(masked, out=lam)
-    else:
-        in_threads(lambda start, stop: torch.linalg.eigvalsh(masked[start:stop], out=lam[start:stop]), len(masked))
+    lam = torch.linalg.eigvalsh(torch.where(keep, G, torch.diag_embed(scale.unsqueeze(-1).expand_as(enabled))))
     return lam[:, 0] > RANK_TOL * lam[:, -1]
 
 

@@ -290,7 +290,7 @@ def test_residual_cost_and_gradient_equal_autograd_of_the_direct_formula():
 
 
 def test_compiled_solvers_give_the_same_bits_with_one_thread_or_two():
-    """Restarts of the subspace search, anchor problems and the per-manifold Gram matrices and eigenvectors are each
+    """Restarts of the subspace search, anchor problems and the per-manifold Gram matrices are each
     computed by one thread alone (actid.compiled): the number of threads cannot change a bit."""
     X = np.random.default_rng(0).standard_normal((30, 29))
     V0 = np.linalg.qr(np.random.default_rng(1).standard_normal((5, 29, 2))).Q

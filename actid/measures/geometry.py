@@ -135,17 +135,6 @@ def manifold_quantities(S: torch.Tensor, T: torch.Tensor, kappa: float):
     return capacity, radius, dimension, info
 
 
-def _eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.linalg.eigh`` of a batch; on a CPU the two halves side by side in threads (torch decomposes a batch
-    one matrix after another; each matrix gets the same answer either way)."""
-    if gram.is_cuda:
-        return torch.linalg.eigh(gram)
-    lam, U = gram.new_empty(gram.shape[:-1]), torch.empty_like(gram)
-    in_threads(lambda start, stop: torch.linalg.eigh(gram[start:stop], out=(lam[start:stop], U[start:stop])),
-               len(gram))
-    return lam, U
-
-
 @dataclass(frozen=True)
 class PreparedManifolds:
     """Steps 1-3 of the analysis: the points s_j of each manifold and its Gaussian samples, grouped by manifold
@@ -209,7 +198,9 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
             else:  # two halves side by side: measured 1.2x faster on 2 cores than one loop of 2-thread products
                 in_threads(grams, len(idx))
             gram /= norm.square()[:, None, None]
-            lam, U = _eigh(gram)
+            # one call, not split over threads: LAPACK's eigenvectors of 13-24-point manifolds changed in the last
+            # bits with the threads it ran on (seen in the geometry stage), and every sample t lives in their basis
+            lam, U = torch.linalg.eigh(gram)
             # eigenvalues at round-off level are zero (their square roots would be 1e-8-sized noise coordinates)
             lam = torch.where(lam > ROUNDOFF * lam[:, -1:], lam, 0)
             coords = (U * lam.sqrt().unsqueeze(1)).mT  # (p, M, M), coords^T coords = Gram
