@@ -15,7 +15,6 @@ Each piece of work is computed by one thread alone, so results do not depend on 
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -41,28 +40,15 @@ def match_torch_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None
-"""The worker threads of :func:`in_threads` (process id, size, pool), kept between calls: a new thread's first
-torch operation sets up its own OpenMP team and BLAS state, which cost more than a small batch's work."""
-
-
-def _workers(size: int) -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None or _pool[0] != os.getpid() or _pool[1] < size:  # a forked child has none of the threads
-        if _pool is not None and _pool[0] == os.getpid():
-            _pool[2].shutdown(wait=False)
-        _pool = (os.getpid(), size, ThreadPoolExecutor(size, thread_name_prefix="actid"))
-    return _pool[2]
-
-
 def in_threads(work, n: int) -> None:
     """Call ``work(start, stop)`` on contiguous slices of ``range(n)``, one slice per thread (as many threads as
-    torch uses, ``torch.get_num_threads()``; the calling thread takes the first slice). ``work`` spends its time in
-    :func:`jit` functions or torch operations (both release the GIL), writes its results, and does not call
-    ``in_threads`` itself."""
+    torch uses, ``torch.get_num_threads()``). ``work`` spends its time in :func:`jit` functions (which release the
+    GIL) and writes its results."""
     threads = max(1, min(n, torch.get_num_threads()))
     bounds = [n * i // threads for i in range(threads + 1)]
-    futures = [_workers(threads - 1).submit(work, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    work(bounds[0], bounds[1])
-    for future in futures:
-        future.result()
+    if threads == 1:
+        work(0, n)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(work, bounds[i], bounds[i + 1]) for i in range(threads)]:
+            future.result()

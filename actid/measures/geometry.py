@@ -47,7 +47,6 @@ import numpy as np
 import torch
 
 from actid import schema
-from actid.compiled import in_threads
 from actid.config import flag, integer, param, real
 from actid.measures.center_subspace import center_correlation, common_center_subspace
 from actid.measures.base import Evaluation, Measure, as_real_tensor, register
@@ -183,20 +182,13 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
         D = min(N, M)
         if N > M:  # an orthonormal basis of the points' span, as the reference's QR: coordinates from the Gram
             gram = torch.empty(len(idx), M, M, dtype=torch.float64, device=device)
-
-            def grams(start, stop):  # one manifold at a time, so that its centred copy stays in the cache
-                centred = torch.empty(M, N, dtype=torch.float64, device=device)
-                for j in range(start, stop):
-                    torch.sub(X[idx[j]].to(device=device, dtype=torch.float64), means[idx[j]], out=centred)
-                    torch.mm(centred, centred.T, out=gram[j])
-                    if K:
-                        along = centred @ V  # (M, K)
-                        gram[j] -= along @ along.T
-
-            if device.type == "cuda":
-                grams(0, len(idx))
-            else:  # two halves side by side: measured 1.2x faster on 2 cores than one loop of 2-thread products
-                in_threads(grams, len(idx))
+            centred = torch.empty(M, N, dtype=torch.float64, device=device)
+            for j, i in enumerate(idx):  # one manifold at a time, so that its centred copy stays in the cache
+                torch.sub(X[i].to(device=device, dtype=torch.float64), means[i], out=centred)
+                torch.mm(centred, centred.T, out=gram[j])
+                if K:
+                    along = centred @ V  # (M, K)
+                    gram[j] -= along @ along.T
             gram /= norm.square()[:, None, None]
             # one call, not split over threads: LAPACK's eigenvectors of 13-24-point manifolds changed in the last
             # bits with the threads it ran on (seen in the geometry stage), and every sample t lives in their basis
