@@ -115,10 +115,12 @@ def batched_nnls(S: torch.Tensor, Y: torch.Tensor, *, tol: float = 1e-10, max_ou
     P, n, M = S.shape[0], Y.shape[1], S.shape[2]
     chunk = P if S.is_cuda or method == "direct" else max(1, CPU_CHUNK_ELEMENTS // max(1, n * M))
     parts = [_solve(S[i:i + chunk], Y[i:i + chunk], tol, max_outer, cg_tol, method) for i in range(0, P, chunk)]
-    if len(parts) == 1:  # the usual case on a CPU: no copy
+    if not parts:
+        A = Y.new_zeros(0, n, M)
+    elif len(parts) == 1:  # the usual case on a CPU: no copy
         A = parts[0][0]
     else:
-        A = torch.cat([a for a, _ in parts]) if parts else Y.new_zeros(0, n, M)
+        A = torch.cat([a for a, _ in parts])
     return A, NNLSInfo.combine(info for _, info in parts)
 
 

@@ -328,4 +328,3 @@ def test_measure_records_nan_for_a_dead_layer_and_numbers_for_a_live_one():
     assert out["capacity/live"] > 0 and 0 <= out["center_corr/live"] <= 1
     named = ManifoldGeometryMeasure(name="restored", probe="p", layers=["live"], n_t=50, n_reps=2, seed=0)(ev)
     assert set(named) == {f"restored.{k}/live" for k in ("capacity", "radius", "dimension", "center_corr")}
-
