@@ -8,7 +8,11 @@ Those loops are compiled by :func:`jit`, which is numba's ``njit`` with the opti
   processes (a fraction of a second);
 * ``nogil=True``: :func:`in_threads` runs independent pieces side by side in threads (or :func:`jit_parallel`
   compiles a ``prange`` loop);
-* ``error_model="numpy"``: a division by zero gives inf or NaN, as in numpy, instead of raising.
+* ``error_model="numpy"``: a division by zero gives inf or NaN, as in numpy, instead of raising;
+* ``fastmath={"reassoc", "contract"}``: LLVM may reorder sums and fuse multiply-adds, so reductions run in vector
+  registers (15-20% faster in the NNLS and subspace-search loops); results change at round-off, and with the
+  CPU's vector width. Every loop compiled here is checked afterwards (the NNLS KKT residual), averages, or iterates
+  to a tolerance far above round-off. The flags that assume no NaN or infinity are not set.
 
 Each piece of work is computed by one thread alone, so results do not depend on the number of threads.
 """
@@ -21,17 +25,19 @@ import numba
 import torch
 from numba import njit
 
+FASTMATH = {"reassoc", "contract"}
+
 
 def jit(fn):
-    """``numba.njit(cache=True, nogil=True, error_model="numpy")``."""
-    return njit(cache=True, nogil=True, error_model="numpy")(fn)
+    """``numba.njit`` with the options above."""
+    return njit(cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH)(fn)
 
 
 def jit_parallel(fn):
     """:func:`jit` for a function with a ``numba.prange`` loop over independent pieces, run by numba's OpenMP
     threads: measured 1.4x faster on 2 cores than :func:`in_threads` for the center-subspace search's restarts (short
     pieces), at twice the compile time. Call :func:`match_torch_threads` first."""
-    return njit(cache=True, parallel=True, error_model="numpy")(fn)
+    return njit(cache=True, parallel=True, error_model="numpy", fastmath=FASTMATH)(fn)
 
 
 def match_torch_threads() -> None:

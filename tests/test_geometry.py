@@ -8,7 +8,8 @@ import torch
 
 from actid.measures.center_subspace import fit_subspace, residual_cost
 from actid.measures.geometry import (ManifoldGeometryMeasure, anchor_points, center_correlation, common_center_subspace,
-                                     manifold_capacity, prepare_manifolds, simulated_capacity)
+                                     manifold_capacity, manifold_quantities, prepare_manifolds, simulated_capacity,
+                                     standard_normal)
 from actid.nnls import batched_nnls, kkt_residual
 
 
@@ -123,6 +124,22 @@ def test_points_equal_up_to_round_off_count_as_one_and_close_points_as_two():
     assert _distinct_columns(S, S.mT @ S).tolist() == [[True] * 4 + [False, True]]
 
 
+def test_the_eigenvalue_free_rank_check_decides_as_the_eigenvalues_do():
+    """The Cholesky bounds only settle clear cases: over condition numbers from 1 to 1e14, with disabled columns,
+    the verdicts equal those of the eigenvalues (smallest above RANK_TOL times the largest)."""
+    from actid.nnls import RANK_TOL, _full_rank
+    g = torch.Generator().manual_seed(6)
+    Q = torch.linalg.qr(torch.randn(60, 20, 20, generator=g, dtype=torch.float64)).Q
+    spectra = torch.stack([torch.logspace(0, -c, 20, dtype=torch.float64) for c in np.linspace(0, 14, 60)])
+    G = Q @ torch.diag_embed(spectra) @ Q.mT
+    enabled = torch.ones(60, 20, dtype=torch.bool)
+    enabled[::7, 3] = False
+    lam = [torch.linalg.eigvalsh(G[p][enabled[p]][:, enabled[p]]) for p in range(60)]  # on the enabled columns
+    expected = torch.tensor([bool(v[0] > RANK_TOL * v[-1]) for v in lam])
+    assert 20 < int(expected.sum()) < 60  # both verdicts occur
+    assert torch.equal(_full_rank(G, enabled), expected)
+
+
 def test_batched_nnls_refuses_bad_shapes_and_float32():
     with pytest.raises(ValueError, match=r"S must be \(P, D, M\)"):
         batched_nnls(torch.zeros(2, 3, 4, dtype=torch.float64), torch.zeros(2, 5, 4, dtype=torch.float64))
@@ -141,6 +158,35 @@ def test_the_direct_and_cg_solvers_give_the_same_anchors_on_a_layer():
     assert info_direct.lawson_hanson == info_cg.lawson_hanson == 0 and info_direct.cg_steps == 0 < info_cg.cg_steps
     assert max(info_direct.kkt_residual, info_cg.kkt_residual) <= 1e-10
     torch.testing.assert_close(direct, cg, atol=1e-8, rtol=0)
+
+
+def test_capacity_radius_and_dimension_are_the_averages_over_t_of_the_anchors():
+    """The compiled pass that averages over the samples, against step 5's formulas written out in torch on the
+    anchors it returns (with a margin, so that the kappa terms count)."""
+    X = torch.randn(7, 15, 60, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (_, S, T), = prepare_manifolds(X, 80, 0).groups
+    kappa, D = 0.2, S.shape[1] - 1
+    capacity, radius, dimension, _ = manifold_quantities(S, T, kappa)
+    anchors, _, _ = anchor_points(S, T, kappa)
+    margin = ((T * anchors).sum(-1) + kappa).clamp_min(0)
+    expected_capacity = 1 / (margin.square() / anchors.square().sum(-1)).mean(1)
+    perp = anchors[..., :D]
+    expected_radius = (perp - perp.mean(1, keepdim=True)).square().sum(-1).mean(1).sqrt()
+    cos = (T[..., :D] * perp).sum(-1) / (T[..., :D].norm(dim=-1) * (perp.square().sum(-1) + 1e-12).sqrt())
+    for ours, expected in [(capacity, expected_capacity), (radius, expected_radius),
+                           (dimension, D * cos.mean(1).square())]:
+        torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)
+
+
+def test_gaussian_samples_are_torch_randns_to_round_off():
+    """The vectorised Box-Muller gives torch.randn's numbers (float64, CPU) for sizes below, at and between blocks of
+    16, and leaves the generator where torch.randn leaves it."""
+    for shape in [(3, 5), (1, 16), (2, 3, 7), (7, 20, 14), (31,)]:
+        ours_gen, torch_gen = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+        ours = standard_normal(shape, ours_gen)
+        expected = torch.randn(shape, generator=torch_gen, dtype=torch.float64)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=4e-15)
+        assert torch.equal(torch.rand(3, generator=ours_gen), torch.rand(3, generator=torch_gen))
 
 
 def test_reference_numbers_on_100_gaussian_manifolds():
@@ -289,8 +335,8 @@ def test_residual_cost_and_gradient_equal_autograd_of_the_direct_formula():
 
 
 def test_compiled_solvers_give_the_same_bits_with_one_thread_or_two():
-    """Restarts of the subspace search and anchor problems are each computed by one thread alone (actid.compiled):
-    the number of threads cannot change a bit."""
+    """Restarts of the subspace search, anchor problems and the averages over a manifold's samples are each computed
+    by one thread alone (actid.compiled): the number of threads cannot change a bit."""
     X = np.random.default_rng(0).standard_normal((30, 29))
     V0 = np.linalg.qr(np.random.default_rng(1).standard_normal((5, 29, 2))).Q
     pts = torch.randn(6, 12, 40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -300,11 +346,11 @@ def test_compiled_solvers_give_the_same_bits_with_one_thread_or_two():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            results.append((fit_subspace(X, V0), batched_nnls(S, T)[0]))
+            results.append((fit_subspace(X, V0), batched_nnls(S, T)[0], torch.stack(manifold_quantities(S, T, 0)[:3])))
     finally:
         torch.set_num_threads(before)
-    (V1, A1), (V2, A2) = results
-    assert np.array_equal(V1, V2) and torch.equal(A1, A2)
+    (V1, A1, Q1), (V2, A2, Q2) = results
+    assert np.array_equal(V1, V2) and torch.equal(A1, A2) and torch.equal(Q1, Q2)
     np.testing.assert_allclose(np.swapaxes(V1, 1, 2) @ V1, np.broadcast_to(np.eye(2), (5, 2, 2)), atol=1e-12)
 
 

@@ -36,77 +36,97 @@ def _dot(a, b):
 
 
 @jit
-def _residual_cost(X, XT, C, CC, Vt, grad_t):
+def _residual_cost(X, XT, C, CC, Vt, grad_t, c, sc, C_sc, cM, Hc):
     """Summed squared cosines between the residual centers ``X - X V V^T``, and its Euclidean gradient in V written
-    into ``grad_t`` ((K, r), transposed like ``Vt``). X: (P, r); XT = X^T; C = X X^T; CC = C * C.
+    into ``grad_t`` ((K, r), transposed like ``Vt``). X: (P, r); XT = X^T; C = X X^T; CC = C * C; the other
+    arguments are (K, P) work space.
 
     With the residual Gram E = C - c c^T (c = X V), e = diag E and s = 1 / e: F = 1/2 s^T (E * E) s and
     dF/dV = -2 X^T H c with H c = s (E (s c)) - s^2 ((E * E) s) c. Neither needs the P x P matrix E:
     E y = C y - c (c^T y), and (E * E) s = (C * C) s - 2 rowsum(c * C (s c)) + rowsum((c M) * c) with M = c^T diag(s) c
     (K x K): 3 P r K + P^2 (K + 1) multiply-adds."""
     K, P = Vt.shape[0], X.shape[0]
-    c = np.dot(Vt, XT)  # (K, P): c^T; the three products of P x r x K go to BLAS
+    np.dot(Vt, XT, c)  # (K, P): c^T; the three products of P x r x K go to BLAS
     s = np.empty(P)
     for p in range(P):
         e = C[p, p]
         for k in range(K):
             e -= c[k, p] * c[k, p]
         s[p] = 1.0 / e
-    sc = np.empty((K, P))  # row k is s * c[:, k]
-    for k in range(K):
+    for k in range(K):  # row k is s * c[:, k]
         for p in range(P):
             sc[k, p] = s[p] * c[k, p]
-    C_sc = np.dot(sc, C)  # (C (s c))^T; C is symmetric
+    np.dot(sc, C, C_sc)  # (C (s c))^T; C is symmetric
     M = np.dot(c, sc.T)  # c^T diag(s) c, symmetric
-    cM = np.dot(M, c)  # (c M)^T
+    np.dot(M, c, cM)  # (c M)^T
     EEs = np.dot(s, CC)  # (E * E) s, completed below
     for k in range(K):
         for p in range(P):
             EEs[p] += (cM[k, p] - 2.0 * C_sc[k, p]) * c[k, p]
     cost = 0.0
-    Hc = np.empty((K, P))  # (H c)^T
-    for p in range(P):
+    for p in range(P):  # (H c)^T
         cost += s[p] * EEs[p]
         for k in range(K):
             Hc[k, p] = -2.0 * (s[p] * (C_sc[k, p] - cM[k, p]) - s[p] * s[p] * EEs[p] * c[k, p])
-    grad_t[:] = np.dot(Hc, X)
+    np.dot(Hc, X, grad_t)
     return cost / 2.0
 
 
 @jit
-def _tangent(Vt, Zt):
-    """The tangent part ``Z - V V^T Z`` of Z at the frame V (both transposed: (K, r)); V^T grad is symmetric for this
-    cost, so this is the Riemannian gradient of a Euclidean one."""
-    return Zt - (Zt @ Vt.T) @ Vt
+def _tangent(Vt, Zt, KK, out):
+    """The tangent part ``Z - V V^T Z`` of Z at the frame V (both transposed: (K, r)), into ``out``; KK: (K, K) work
+    space. V^T grad is symmetric for this cost, so this is the Riemannian gradient of a Euclidean one."""
+    np.dot(Zt, Vt.T, KK)
+    np.dot(KK, Vt, out)
+    for k in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[k, j] = Zt[k, j] - out[k, j]
 
 
 @jit
-def _retract(Zt):
-    """The QR retraction, rows of ``Zt`` orthonormalised in order (Gram-Schmidt, each row twice), i.e. the Q of a QR
-    factorisation with a positive diagonal in R: the frame nearest-in-order to Z, with no column sign flips (which
-    would wreck the L-BFGS memory)."""
-    out = np.empty_like(Zt)
+def _retract(Zt, out):
+    """The QR retraction into ``out``: the rows of ``Zt`` orthonormalised in order (Gram-Schmidt, each row twice),
+    i.e. the Q of a QR factorisation with a positive diagonal in R: the frame nearest-in-order to Z, with no column
+    sign flips (which would wreck the L-BFGS memory)."""
     for k in range(Zt.shape[0]):
-        v = Zt[k].copy()
+        v = out[k]
+        v[:] = Zt[k]
         for _ in range(2):
             for a in range(k):
                 w = _dot(out[a], v)
                 for j in range(v.size):
                     v[j] -= w * out[a, j]
-        out[k] = v / np.sqrt(_dot(v, v))
-    return out
+        norm = np.sqrt(_dot(v, v))
+        for j in range(v.size):
+            v[j] = v[j] / norm
+
+
+@jit
+def _add_multiple(a, x, y):
+    """y += a x in place (the roundings of ``y += a * x``, without its temporary)."""
+    for k in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            y[k, j] += a * x[k, j]
 
 
 @jit
 def _lbfgs(X, XT, C, CC, Vt, gtol, max_iter, memory):
     """One restart: Riemannian L-BFGS from the frame ``Vt`` (QR retraction, memory carried to the new point by
     tangent projection, Armijo backtracking from the unit step). Stops when the Riemannian gradient norm is at most
-    ``gtol``, when no decrease above the cost's round-off is left, or after ``max_iter`` iterations."""
+    ``gtol``, when no decrease above the cost's round-off is left, or after ``max_iter`` iterations. Every array is
+    allocated before the first iteration: thousands of iterations on arrays of a few hundred entries spent a tenth
+    of their time allocating temporaries."""
     K, r = Vt.shape
-    grad = np.empty((K, r))
-    grad_new = np.empty((K, r))
-    cost = _residual_cost(X, XT, C, CC, Vt, grad)
-    xi = _tangent(Vt, grad)
+    P = X.shape[0]
+    work = np.empty((4, K, P))  # the cost's work space
+    c, sc, C_sc, Hc = work[0], work[1], work[2], work[3]
+    cM, KK = np.empty((K, P)), np.empty((K, K))
+    Vt = Vt.copy()
+    V_new, trial, grad = np.empty((K, r)), np.empty((K, r)), np.empty((K, r))
+    xi, xi_new = np.empty((K, r)), np.empty((K, r))
+    q, direction, s, y = np.empty((K, r)), np.empty((K, r)), np.empty((K, r)), np.empty((K, r))
+    cost = _residual_cost(X, XT, C, CC, Vt, grad, c, sc, C_sc, cM, Hc)
+    _tangent(Vt, grad, KK, xi)
     S = np.zeros((memory, K, r))  # steps and gradient changes, newest last; empty slots are zero
     Y = np.zeros((memory, K, r))
     rho = np.zeros(memory)  # 1 / <s, y> (0 for empty slots: they contribute nothing)
@@ -115,26 +135,31 @@ def _lbfgs(X, XT, C, CC, Vt, gtol, max_iter, memory):
     for _ in range(max_iter):
         if not active:
             break
-        q = xi.copy()
+        q[:] = xi
         for i in range(memory - 1, -1, -1):  # two-loop recursion
             alphas[i] = rho[i] * _dot(S[i], q)
-            q -= alphas[i] * Y[i]
+            _add_multiple(-alphas[i], Y[i], q)
         yy = _dot(Y[memory - 1], Y[memory - 1])
         if yy > 0:
             q *= 1.0 / max(rho[memory - 1] * yy, 1e-300)
         else:  # no memory yet: a unit-length first step
             q *= 1.0 / max(np.sqrt(_dot(xi, xi)), 1e-300)
         for i in range(memory):
-            q += (alphas[i] - rho[i] * _dot(Y[i], q)) * S[i]
-        direction = -_tangent(Vt, q)
+            _add_multiple(alphas[i] - rho[i] * _dot(Y[i], q), S[i], q)
+        _tangent(Vt, q, KK, direction)
+        direction *= -1.0
         slope = _dot(xi, direction)
         if slope >= 0:  # a stale memory: fall back to the gradient
-            direction = -xi
+            direction[:] = xi
+            direction *= -1.0
             slope = -_dot(xi, xi)
         step = 1.0
         while True:  # backtracking
-            V_new = _retract(Vt + step * direction)
-            cost_new = _residual_cost(X, XT, C, CC, V_new, grad_new)
+            for k in range(K):
+                for j in range(r):
+                    trial[k, j] = Vt[k, j] + step * direction[k, j]
+            _retract(trial, V_new)
+            cost_new = _residual_cost(X, XT, C, CC, V_new, grad, c, sc, C_sc, cM, Hc)
             ok = cost_new <= cost + 1e-4 * step * slope
             # a decrease below the cost's round-off cannot be certified: the restart has converged
             if ok or not (-step * slope > 1e-15 * abs(cost)):
@@ -142,17 +167,23 @@ def _lbfgs(X, XT, C, CC, Vt, gtol, max_iter, memory):
             step /= 2
         if not ok:
             break
-        xi_new = _tangent(V_new, grad_new)
-        s = _tangent(V_new, V_new - Vt)
-        y = xi_new - _tangent(V_new, xi)
+        _tangent(V_new, grad, KK, xi_new)
+        trial[:] = V_new
+        trial -= Vt
+        _tangent(V_new, trial, KK, s)
+        _tangent(V_new, xi, KK, y)
+        for k in range(K):
+            for j in range(r):
+                y[k, j] = xi_new[k, j] - y[k, j]
         sy = _dot(s, y)
         if sy > 0:  # curvature information; otherwise keep the old memory
-            for i in range(memory - 1):
-                S[i], Y[i], rho[i] = S[i + 1], Y[i + 1], rho[i + 1]
-            S[memory - 1], Y[memory - 1], rho[memory - 1] = s, y, 1.0 / sy
-            for pairs in (S.reshape(memory * K, r), Y.reshape(memory * K, r)):  # views of all slots at once
-                pairs -= (pairs @ V_new.T) @ V_new  # the memory moves to the new point's tangent space
-        Vt, xi, cost = V_new, xi_new, cost_new
+            S[:-1], Y[:-1], rho[:-1] = S[1:].copy(), Y[1:].copy(), rho[1:].copy()  # newest last: a ring would put
+            S[memory - 1], Y[memory - 1], rho[memory - 1] = s, y, 1.0 / sy  # the pairs in other rows of the
+            for pairs in (S.reshape(memory * K, r), Y.reshape(memory * K, r)):  # products below, which BLAS can
+                pairs -= (pairs @ V_new.T) @ V_new  # round differently; the memory moves to the new tangent space
+        Vt, V_new = V_new, Vt
+        xi, xi_new = xi_new, xi
+        cost = cost_new
         active = np.sqrt(_dot(xi, xi)) > gtol
     return Vt
 
@@ -186,8 +217,10 @@ def residual_cost(X: np.ndarray, V: np.ndarray) -> tuple[float, np.ndarray]:
     """The search's cost and its Euclidean gradient (r, K) at one frame V ((r, K)) for centers X ((P, r))."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     C = X @ X.T
-    grad_t = np.empty((V.shape[1], V.shape[0]))
-    cost = _residual_cost(X, np.ascontiguousarray(X.T), C, C * C, np.ascontiguousarray(V.T), grad_t)
+    K, P = V.shape[1], len(X)
+    grad_t = np.empty((K, V.shape[0]))
+    cost = _residual_cost(X, np.ascontiguousarray(X.T), C, C * C, np.ascontiguousarray(V.T), grad_t,
+                          *(np.empty((K, P)) for _ in range(5)))
     return cost, grad_t.T
 
 
@@ -212,7 +245,8 @@ def common_center_subspace(centers: torch.Tensor, n_reps: int = 10,
     keep = lam > lam.max() * 1e-12
     lam, U = lam[keep], U[:, keep]
     X = U * lam.sqrt()  # (P, r): X X^T = centers centers^T
-    basis = centers.T @ (U / lam.sqrt())  # (N, r), orthonormal up to round-off amplified by small eigenvalues
+    to_basis = U / lam.sqrt()  # centers^T to_basis: an (N, r) orthonormal basis of their span (up to round-off
+    # amplified by small eigenvalues); only the chosen frame is taken to R^N, at the end
     explained = torch.cumsum(lam.flip(0) / lam.sum(), 0)
     n_below = int((explained < 0.95).sum())
     max_K = min(max(n_below - 1, 0) + 11, P - 2, X.shape[1] - 1)
@@ -234,5 +268,5 @@ def common_center_subspace(centers: torch.Tensor, n_reps: int = 10,
     if not costs:
         return centers.new_zeros(centers.shape[1], 0), 0, []
     best = int(np.argmin(costs))
-    chosen = torch.from_numpy(kept[best]).to(basis)
-    return torch.linalg.qr(basis @ chosen).Q, best + 1, costs  # re-orthonormalised: see the basis above
+    chosen = torch.from_numpy(kept[best]).to(to_basis)
+    return torch.linalg.qr(centers.T @ (to_basis @ chosen)).Q, best + 1, costs  # re-orthonormalised: see above
