@@ -241,7 +241,9 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
     # Only the centers see the global mean and the center subspace V directly: a manifold's centred points are
     # (x - mean) (I - V V^T) whatever the origin, so each manifold is centred once and V enters its Gram matrix.
     means = torch.stack([x.to(device=device, dtype=torch.float64).mean(0) for x in X])
-    bad = torch.nonzero(~torch.isfinite(means).all(1)).flatten().tolist()  # a NaN or inf entry spoils the mean
+    bad = []
+    if not bool(torch.isfinite(means.sum())):  # a NaN or inf entry spoils its mean (and the sum; or it overflowed)
+        bad = torch.nonzero(~torch.isfinite(means).all(1)).flatten().tolist()
     if bad:
         raise ValueError(f"manifolds {bad} have NaN or infinite entries")
     sizes = torch.tensor([len(x) for x in X], dtype=torch.float64, device=device)
