@@ -10,7 +10,7 @@ Those loops are compiled by :func:`jit`, which is numba's ``njit`` with the opti
   compiles a ``prange`` loop);
 * ``error_model="numpy"``: a division by zero gives inf or NaN, as in numpy, instead of raising;
 * ``fastmath={"reassoc", "contract"}``: LLVM may reorder sums and fuse multiply-adds, so reductions run in vector
-  registers (15-20% faster in the NNLS and subspace-search loops); results change at round-off, and with the
+  registers (11-19% faster in the NNLS and subspace-search loops); results change at round-off, and with the
   CPU's vector width. Every loop compiled here is checked afterwards (the NNLS KKT residual), averages, or iterates
   to a tolerance far above round-off. The flags that assume no NaN or infinity are not set.
 
