@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from numba import prange
 
-from actid.compiled import jit, jit_parallel, match_torch_threads
+from actid.compiled import dot, jit, jit_parallel, match_torch_threads
 
 
 def center_correlation(centers: torch.Tensor) -> float:
@@ -25,14 +25,6 @@ def center_correlation(centers: torch.Tensor) -> float:
     unit = centers / centers.norm(dim=1, keepdim=True).clamp_min(torch.finfo(centers.dtype).tiny)
     P = len(centers)
     return float(((unit @ unit.T).abs().sum() - P) / (P * (P - 1)))
-
-
-@jit
-def _dot(a, b):
-    total = 0.0
-    for i in range(a.size):
-        total += a.flat[i] * b.flat[i]
-    return total
 
 
 @jit
@@ -93,10 +85,10 @@ def _retract(Zt, out):
         v[:] = Zt[k]
         for _ in range(2):
             for a in range(k):
-                w = _dot(out[a], v)
+                w = dot(out[a], v)
                 for j in range(v.size):
                     v[j] -= w * out[a, j]
-        norm = np.sqrt(_dot(v, v))
+        norm = np.sqrt(dot(v, v))
         for j in range(v.size):
             v[j] = v[j] / norm
 
@@ -131,28 +123,28 @@ def _lbfgs(X, XT, C, CC, Vt, gtol, max_iter, memory):
     Y = np.zeros((memory, K, r))
     rho = np.zeros(memory)  # 1 / <s, y> (0 for empty slots: they contribute nothing)
     alphas = np.zeros(memory)
-    active = np.sqrt(_dot(xi, xi)) > gtol
+    active = np.sqrt(dot(xi, xi)) > gtol
     for _ in range(max_iter):
         if not active:
             break
         q[:] = xi
         for i in range(memory - 1, -1, -1):  # two-loop recursion
-            alphas[i] = rho[i] * _dot(S[i], q)
+            alphas[i] = rho[i] * dot(S[i], q)
             _add_multiple(-alphas[i], Y[i], q)
-        yy = _dot(Y[memory - 1], Y[memory - 1])
+        yy = dot(Y[memory - 1], Y[memory - 1])
         if yy > 0:
             q *= 1.0 / max(rho[memory - 1] * yy, 1e-300)
         else:  # no memory yet: a unit-length first step
-            q *= 1.0 / max(np.sqrt(_dot(xi, xi)), 1e-300)
+            q *= 1.0 / max(np.sqrt(dot(xi, xi)), 1e-300)
         for i in range(memory):
-            _add_multiple(alphas[i] - rho[i] * _dot(Y[i], q), S[i], q)
+            _add_multiple(alphas[i] - rho[i] * dot(Y[i], q), S[i], q)
         _tangent(Vt, q, KK, direction)
         direction *= -1.0
-        slope = _dot(xi, direction)
+        slope = dot(xi, direction)
         if slope >= 0:  # a stale memory: fall back to the gradient
             direction[:] = xi
             direction *= -1.0
-            slope = -_dot(xi, xi)
+            slope = -dot(xi, xi)
         step = 1.0
         while True:  # backtracking
             for k in range(K):
@@ -175,16 +167,18 @@ def _lbfgs(X, XT, C, CC, Vt, gtol, max_iter, memory):
         for k in range(K):
             for j in range(r):
                 y[k, j] = xi_new[k, j] - y[k, j]
-        sy = _dot(s, y)
+        sy = dot(s, y)
         if sy > 0:  # curvature information; otherwise keep the old memory
-            S[:-1], Y[:-1], rho[:-1] = S[1:].copy(), Y[1:].copy(), rho[1:].copy()  # newest last: a ring would put
-            S[memory - 1], Y[memory - 1], rho[memory - 1] = s, y, 1.0 / sy  # the pairs in other rows of the
-            for pairs in (S.reshape(memory * K, r), Y.reshape(memory * K, r)):  # products below, which BLAS can
-                pairs -= (pairs @ V_new.T) @ V_new  # round differently; the memory moves to the new tangent space
+            # shifted, newest last (a ring would move pairs to other rows of the products below, which BLAS rounds
+            # differently by row)
+            S[:-1], Y[:-1], rho[:-1] = S[1:].copy(), Y[1:].copy(), rho[1:].copy()
+            S[memory - 1], Y[memory - 1], rho[memory - 1] = s, y, 1.0 / sy
+            for pairs in (S.reshape(memory * K, r), Y.reshape(memory * K, r)):  # views of all slots at once
+                pairs -= (pairs @ V_new.T) @ V_new  # the memory moves to the new point's tangent space
         Vt, V_new = V_new, Vt
         xi, xi_new = xi_new, xi
         cost = cost_new
-        active = np.sqrt(_dot(xi, xi)) > gtol
+        active = np.sqrt(dot(xi, xi)) > gtol
     return Vt
 
 

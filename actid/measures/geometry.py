@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from actid import schema
-from actid.compiled import in_threads, jit
+from actid.compiled import dot, in_threads, jit
 from actid.config import flag, integer, param, real
 from actid.measures.center_subspace import center_correlation, common_center_subspace
 from actid.measures.base import Evaluation, Measure, as_real_tensor, register
@@ -155,11 +155,11 @@ def _anchor_pass(S_t, T, alpha, kappa, anchors, interior, averages, start, stop)
             np.dot(alpha[p, r:r + 64], S_t[p], U[r:r + 64])  # small run in this thread, not in OpenBLAS's threads
         for i in range(n_t):
             t, a, u = T[p, i], anchors[p, i], U[i]
-            if np.sqrt(_dot(u, u, D + 1)) < INTERIOR:
+            if np.sqrt(dot(u, u)) < INTERIOR:
                 interior[p, i] = True
                 best, largest = 0, -np.inf
                 for j in range(M):
-                    projection = _dot(t, S_t[p, j], D)
+                    projection = dot(t[:D], S_t[p, j, :D])
                     if projection > largest:
                         best, largest = j, projection
                 a[:] = S_t[p, best]
@@ -167,12 +167,12 @@ def _anchor_pass(S_t, T, alpha, kappa, anchors, interior, averages, start, stop)
                 last = max(u[D], TINY)
                 for d in range(D + 1):
                     a[d] = u[d] / last
-            margin = max(_dot(t, a, D + 1) + kappa, 0.0)
-            sq = _dot(a, a, D + 1)
+            margin = max(dot(t, a) + kappa, 0.0)
+            sq = dot(a, a)
             if sq > 0:
                 inv_capacity += margin * margin / max(sq, TINY)
-            perp_sq = _dot(a, a, D)
-            cos_sum += _dot(t, a, D) / (np.sqrt(_dot(t, t, D)) * np.sqrt(perp_sq + 1e-12))
+            perp_sq = dot(a[:D], a[:D])
+            cos_sum += dot(t[:D], a[:D]) / (np.sqrt(dot(t[:D], t[:D])) * np.sqrt(perp_sq + 1e-12))
             for d in range(D):
                 mean[d] += a[d]
         mean /= n_t
@@ -184,15 +184,6 @@ def _anchor_pass(S_t, T, alpha, kappa, anchors, interior, averages, start, stop)
         averages[0, p] = 1.0 / (inv_capacity / n_t)
         averages[1, p] = np.sqrt(spread.sum() / n_t)
         averages[2, p] = D * (cos_sum / n_t) ** 2
-
-
-@jit
-def _dot(x, y, n):
-    """The dot product of the first n entries."""
-    total = 0.0
-    for d in range(n):
-        total += x[d] * y[d]
-    return total
 
 
 def standard_normal(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -241,11 +232,10 @@ def prepare_manifolds(manifolds, n_t: int = 200, seed: int = 0, *, center_subspa
     # Only the centers see the global mean and the center subspace V directly: a manifold's centred points are
     # (x - mean) (I - V V^T) whatever the origin, so each manifold is centred once and V enters its Gram matrix.
     means = torch.stack([x.to(device=device, dtype=torch.float64).mean(0) for x in X])
-    bad = []
-    if not bool(torch.isfinite(means.sum())):  # a NaN or inf entry spoils its mean (and the sum; or it overflowed)
-        bad = torch.nonzero(~torch.isfinite(means).all(1)).flatten().tolist()
-    if bad:
-        raise ValueError(f"manifolds {bad} have NaN or infinite entries")
+    if not bool(torch.isfinite(means.sum())):  # a NaN or inf entry spoils its mean (and the sum, which can also
+        bad = torch.nonzero(~torch.isfinite(means).all(1)).flatten().tolist()  # overflow: then nothing is bad)
+        if bad:
+            raise ValueError(f"manifolds {bad} have NaN or infinite entries")
     sizes = torch.tensor([len(x) for x in X], dtype=torch.float64, device=device)
     centers = means - (sizes @ means) / sizes.sum()  # minus the global mean of all points
     rho = center_correlation(centers - centers.mean(0))
